@@ -1,0 +1,84 @@
+"""The pipeline: build the plugin manager, then run each stage of ``cfg.stages`` in order."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from framework.errors import ConfigError
+from framework.manager import build_plugin_manager
+from framework.run import Run
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (through Lightning) for a reproducible run."""
+    random.seed(seed)
+    from lightning.pytorch import seed_everything as _seed
+
+    _seed(seed, workers=True, verbose=False)
+
+
+def run_dir_from_hydra() -> Path:
+    """The current Hydra job's output directory, or ``cfg.paths.run_dir`` outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Run the stages named in ``cfg.stages`` and return the run's metrics.
+
+    Args:
+        cfg: the composed run config.
+        run_dir: where the run writes; defaults to Hydra's output directory.
+
+    Returns:
+        The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate).
+    """
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
+    stages = [str(s) for s in cfg.stages]
+    if not stages:
+        raise ConfigError("No stage to run.", where="stages", hint="e.g. stages=[prepare,train]")
+    for stage in stages:
+        plugins.require("stage", stage)
+
+    run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
+    (run_dir / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
+    seed_everything(int(cfg.seed))
+    state = run.state()
+    if state["status"] == "finished" and not cfg.get("force", False):
+        done = [s for s in stages if s in state["stages_done"]]
+        if done == stages:
+            log.warning(
+                "This run is already finished: %s\n  Nothing was overwritten. To start a new run, "
+                "pick another directory (hydra.run.dir=... or change an override); to redo "
+                "its stages in place, add force=true.",
+                run_dir,
+            )
+            return run.saved_metrics()
+        stages = [s for s in stages if s not in done]
+    run.mark(status="running")
+    for stage in stages:
+        log.info("stage: %s", stage)
+        plugins.hook.tunesmith_run_stage(name=stage, run=run)
+        run.mark(stage=stage)
+    run.mark(status="finished")
+    plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+    return run.metrics
+
+
+def to_container(cfg: DictConfig | dict | None) -> dict:
+    """A plain resolved dict of a config node (for passing to library constructors)."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)

@@ -1,0 +1,1 @@
+"""tunesmith's in-tree plugins: one small module of hookimpls per thing they implement."""
