@@ -47,8 +47,8 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
     if not isinstance(data, list):
         yield 1, RecordError("not_records", "a .json data file must hold an array of records")
         return
-    for i, record in enumerate(data, start=1):
-        yield i, record  # for .json files the "line" is the record's index (1-based)
+    # for .json files the "line" is the record's index (1-based)
+    yield from enumerate(data, start=1)
 
 
 @hookimpl
