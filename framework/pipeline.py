@@ -24,24 +24,18 @@ def seed_everything(seed: int) -> None:
     _seed(seed, workers=True, verbose=False)
 
 
-def run_dir_from_hydra() -> Path:
-    """The current Hydra job's output directory, or ``cfg.paths.run_dir`` outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the stages named in ``cfg.stages`` and return the run's metrics.
 
     Args:
         cfg: the composed run config.
-        run_dir: where the run writes; defaults to Hydra's output directory.
+        run_dir: where the run writes; defaults to ``cfg.paths.run_dir`` (Hydra's output
+            directory for the job).
 
     Returns:
         The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate).
     """
-    run_dir = Path(run_dir) if run_dir is not None else run_dir_from_hydra()
+    run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
     stages = [str(s) for s in cfg.stages]

@@ -114,7 +114,7 @@ def read_logged_metrics(run: Run) -> list[dict[str, str]]:
     return rows
 
 
-def plot_loss_curves(run: Run) -> Path | None:
+def plot_loss_curves(run: Run) -> Path:
     """Write ``loss_curve.png`` (train and validation loss against step)."""
     rows = read_logged_metrics(run)
     series: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
@@ -122,8 +122,6 @@ def plot_loss_curves(run: Run) -> Path | None:
         for key, points in series.items():
             if row.get(key):
                 points.append((int(row["step"]), float(row[key])))
-    if not series["train/loss"]:
-        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,10 +132,22 @@ def plot_loss_curves(run: Run) -> Path | None:
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if key == "val/loss" else None, label=key)
+    if not any(series.values()):
+        ax.text(
+            0.5,
+            0.5,
+            "no loss was logged: the run was shorter than "
+            f"trainer.log_every_n_steps={run.cfg.trainer.get('log_every_n_steps')}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            wrap=True,
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(f"{run.cfg.model.name} / {run.cfg.method.name} / {run.cfg.data.name}")
-    ax.legend()
+    if any(series.values()):
+        ax.legend()
     ax.grid(alpha=0.3)
     path = run.dir / "loss_curve.png"
     with atomic_path(path) as tmp:

@@ -1,0 +1,83 @@
+"""Shared fixtures: compose configs like run.py does, shrunk for fast CPU tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from framework.cli import CONFIG_DIR
+from framework.resolvers import ROOT_DIR, register_resolvers
+
+register_resolvers()
+
+#: Overrides that make any run tiny and fast.
+TINY = (
+    "model=tiny",
+    "trainer.max_steps=4",
+    "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "evaluator.max_new_tokens=8",
+)
+
+
+def compose_config(overrides: Sequence[str] = (), run_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides``; paths point into ``run_dir``."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir.parent)
+            cfg.paths.run_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides)`` -> a config whose run directory is ``tmp_path / "run"``."""
+
+    def _make(*overrides: str) -> DictConfig:
+        return compose_config(overrides, run_dir=tmp_path / "run")
+
+    return _make
+
+
+@pytest.fixture
+def alpaca_file(tmp_path: Path) -> Path:
+    """A small alpaca JSONL file (arithmetic) the tiny model can overfit."""
+    path = tmp_path / "mini.jsonl"
+    rows = [
+        {"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+        for a in range(1, 9)
+        for b in range(1, 6)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python run.py *args`` as a user would; returns the completed process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT_DIR / "run.py"), *args],
+        cwd=cwd or ROOT_DIR,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

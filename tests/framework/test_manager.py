@@ -1,0 +1,103 @@
+"""Plugin discovery: in-tree tuple, the `tunesmith` entry-point group, and cfg.plugins."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from framework import hookspecs
+from framework.errors import ConfigError
+from framework.manager import INTREE_PLUGINS, build_plugin_manager
+
+
+def test_intree_plugins_serve_the_demo_names() -> None:
+    pm = build_plugin_manager(entry_points=False)
+    assert {"smollm2", "hf", "tiny"} <= set(pm.names("model"))
+    assert {"lora", "full"} <= set(pm.names("method"))
+    assert {"exact_match", "perplexity"} <= set(pm.names("metric"))
+    assert {"prepare", "train", "evaluate", "export"} <= set(pm.names("stage"))
+    assert len(pm.pm.get_plugins()) == len(INTREE_PLUGINS)
+
+
+def test_unknown_name_lists_served_names_and_their_packages() -> None:
+    pm = build_plugin_manager(entry_points=False)
+    with pytest.raises(ConfigError) as err:
+        pm.require("method", "lroa")
+    text = str(err.value)
+    assert "No plugin serves method 'lroa'" in text
+    assert "Did you mean 'lora'?" in text
+    assert "plugins.methods.full (tunesmith (in-tree))" in text
+    assert "method.name" in text
+
+
+def _write_plugin_package(root: Path, module: str, method: str) -> None:
+    (root / f"{module}.py").write_text(
+        textwrap.dedent(
+            f"""
+            from framework import hookimpl
+
+            @hookimpl
+            def tunesmith_provides():
+                return {{"method": ["{method}"]}}
+
+            @hookimpl
+            def tunesmith_apply_method(name, model):
+                if name != "{method}":
+                    return None
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                return model
+            """
+        )
+    )
+
+
+def test_entry_point_plugin_is_found_once_installed(tmp_path: Path, monkeypatch) -> None:
+    # An installed distribution is a module plus a .dist-info with entry_points.txt on
+    # sys.path -- exactly what `pip install` leaves behind.
+    _write_plugin_package(tmp_path, "ts_demo_plugin", "frozen_all")
+    dist = tmp_path / "ts_demo_plugin-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ts-demo-plugin\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[tunesmith]\ndemo = ts_demo_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = build_plugin_manager()
+    assert "frozen_all" in pm.names("method")
+    provider = pm.served["method"]["frozen_all"][0]
+    assert provider.plugin == "demo" and provider.package == "ts-demo-plugin 1.2.3"
+
+    monkeypatch.setenv("TUNESMITH_DISABLE_PLUGINS", "demo")
+    assert "frozen_all" not in build_plugin_manager().names("method")
+
+
+def test_cfg_plugins_module_is_registered(tmp_path: Path, monkeypatch) -> None:
+    _write_plugin_package(tmp_path, "ts_cfg_plugin", "nothing_trains")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = build_plugin_manager(extra=["ts_cfg_plugin"], entry_points=False)
+    assert pm.served["method"]["nothing_trains"][0].package == "cfg.plugins"
+    sys.modules.pop("ts_cfg_plugin", None)
+
+
+def test_unimportable_cfg_plugin_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="could not be imported"):
+        build_plugin_manager(extra=["no_such_module_xyz"], entry_points=False)
+
+
+def test_misspelled_hook_is_caught(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "ts_bad_hook.py").write_text(
+        "from framework import hookimpl\n\n@hookimpl\ndef tunesmith_aply_method(name):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="does not have"):
+        build_plugin_manager(extra=["ts_bad_hook"], entry_points=False)
+
+
+def test_every_hookspec_has_a_docstring_with_its_result_policy() -> None:
+    for name in dir(hookspecs):
+        if name.startswith("tunesmith_"):
+            doc = getattr(hookspecs, name).__doc__ or ""
+            assert "Called" in doc, f"{name}: say when it is called"
+            assert "Fan-out" in doc or "First result wins" in doc or "ignored" in doc, name
