@@ -34,7 +34,9 @@ class FineTuneModule(pl.LightningModule):
         if self._t0 is None:
             self._t0 = time.perf_counter()
         loss = self.loss(batch)
-        self._tokens += int(batch["attention_mask"].sum())
+        # A tensor sum, read only at the logging interval: no host sync per step.
+        n = batch.get("num_tokens")
+        self._tokens = self._tokens + (n if n is not None else batch["attention_mask"].sum())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
@@ -42,7 +44,7 @@ class FineTuneModule(pl.LightningModule):
         if (self.trainer.global_step % max(1, self.trainer.log_every_n_steps)) == 0:
             elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
             if elapsed > 0:
-                self.log("train/tokens_per_s", self._tokens / elapsed, on_step=True)
+                self.log("train/tokens_per_s", float(self._tokens) / elapsed, on_step=True)
             sched = self.lr_schedulers()
             if sched is not None:
                 self.log("train/lr", sched.get_last_lr()[0], on_step=True)
