@@ -65,13 +65,23 @@ def common_overrides(work: Workload, steps: int) -> list[str]:
 
 #: The tunesmith variants: name -> extra overrides.
 VARIANTS: dict[str, list[str]] = {
-    "same": [],
+    "same": ["data.packing=false", "data.group_by_length=false"],
     "defaults": [],
+    # not run by default; pick with --variants
+    "grouped": ["data.packing=false", "data.group_by_length=true"],
+    "packed_grouped": ["data.packing=true", "data.group_by_length=true"],
+    "packed256": ["data.packing=true", "data.pack_length=256"],
+    "same_nobar": ["data.packing=false", "trainer.enable_progress_bar=false"],
 }
+DEFAULT_VARIANTS = ("same", "defaults")
 
 
-def _run(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> dict:
-    full_env = {**os.environ, **(env or {}), "BENCH_T0": repr(time.time())}
+#: Extra environment of every benchmarked process (``--threads`` sets the thread count).
+CHILD_ENV: dict[str, str] = {}
+
+
+def _run(cmd: list[str], out: Path) -> dict:
+    full_env = {**os.environ, **CHILD_ENV, "BENCH_T0": repr(time.time())}
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True)
     if proc.returncode != 0 or not out.is_file():
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-4000:]}")
@@ -142,7 +152,15 @@ def median_of(runs: list[dict], key: str) -> float:
 
 
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    keys = ("tokens_per_s", "time_to_first_step_s", "peak_rss_mib", "train_s", "first_loss")
+    keys = (
+        "tokens_per_s",
+        "time_to_first_step_s",
+        "peak_rss_mib",
+        "train_s",
+        "first_loss",
+        "tokens_per_cpu_s",
+        "cpu_to_first_step_s",
+    )
     return {name: {k: median_of(runs, k) for k in keys} for name, runs in results.items()}
 
 
@@ -171,7 +189,7 @@ def run(rounds: int = 5, steps: int = STEPS, variants: list[str] | None = None) 
     """Build the workload, run every variant ``rounds`` times alternately; return the figures."""
     work = build()
     prepared_examples(work)
-    names = variants or list(VARIANTS)
+    names = variants or list(DEFAULT_VARIANTS)
     results: dict[str, list[dict]] = {"plain": [], **{n: [] for n in names}}
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -187,7 +205,9 @@ def run(rounds: int = 5, steps: int = STEPS, variants: list[str] | None = None) 
                 print(
                     f"  round {i + 1}/{rounds} {name:9s} {r['tokens_per_s']:8.0f} tok/s  "
                     f"first step {r['time_to_first_step_s']:5.2f} s  "
-                    f"peak RSS {r['peak_rss_mib']:6.0f} MiB  loss@1 {r['first_loss']:.4f}",
+                    f"peak RSS {r['peak_rss_mib']:6.0f} MiB  loss@1 {r['first_loss']:.4f}  "
+                    f"cpu: {r['tokens_per_cpu_s']:6.0f} tok/cpu-s, {r['cpu_to_first_step_s']:5.2f} "
+                    "cpu-s to 1st step",
                     flush=True,
                 )
     summary = summarize(results)
@@ -217,9 +237,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {list(VARIANTS)}"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of every run (default: torch's own choice)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.threads:
+        CHILD_ENV.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     report = run(args.rounds, args.steps, [v for v in args.variants.split(",") if v])
     print_report(report)
     if args.json:

@@ -95,7 +95,7 @@ def main() -> None:
 
     losses: list[float] = []
     tokens: list[int] = []
-    t_first = t_last = 0.0
+    t_first = t_last = c_first = c_last = 0.0
     step = 0
     while step < args.steps:
         for batch in loader:
@@ -107,10 +107,10 @@ def main() -> None:
             step += 1
             tokens.append(int(batch["attention_mask"].sum()))
             if step == 1:
-                t_first = time.time()
+                t_first, c_first = time.time(), time.process_time()
                 losses.append(float(loss))
             if step == args.steps:
-                t_last = time.time()
+                t_last, c_last = time.time(), time.process_time()
                 losses.append(float(loss))
                 break
 
@@ -123,6 +123,8 @@ def main() -> None:
         "tokens": sum(tokens),
         "steady_tokens": steady_tokens,
         "tokens_per_s": steady_tokens / max(t_last - t_first, 1e-9),
+        "cpu_to_first_step_s": c_first,
+        "tokens_per_cpu_s": steady_tokens / max(c_last - c_first, 1e-9),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "first_loss": losses[0],
         "last_loss": losses[-1],

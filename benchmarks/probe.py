@@ -31,7 +31,7 @@ class BenchProbe(Callback):
         self.out = out
         self.name = name
         self.tokens: list[Any] = []
-        self.t_first = self.t_last = 0.0
+        self.t_first = self.t_last = self.c_first = self.c_last = 0.0
         self.first_loss: float | None = None
         self.last_loss: float | None = None
 
@@ -41,9 +41,9 @@ class BenchProbe(Callback):
         n = batch.get("num_tokens")
         self.tokens.append(n if n is not None else batch["attention_mask"].sum())
         if trainer.global_step == 1 and not self.t_first:
-            self.t_first = time.time()
+            self.t_first, self.c_first = time.time(), time.process_time()
             self.first_loss = float(outputs["loss"])
-        self.t_last = time.time()
+        self.t_last, self.c_last = time.time(), time.process_time()
         self.last_loss = outputs["loss"]
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -57,6 +57,8 @@ class BenchProbe(Callback):
             "tokens": sum(tokens),
             "steady_tokens": steady,
             "tokens_per_s": steady / max(self.t_last - self.t_first, 1e-9),
+            "cpu_to_first_step_s": self.c_first,
+            "tokens_per_cpu_s": steady / max(self.c_last - self.c_first, 1e-9),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "first_loss": self.first_loss,
             "last_loss": float(self.last_loss) if self.last_loss is not None else None,
