@@ -142,7 +142,7 @@ def shingles(text: str, n: int) -> set[str]:
 
 
 def near_dedup(
-    examples: list[dict], threshold: float = 0.9, ngram: int = 5, num_perm: int = 128
+    examples: list[dict], threshold: float = 0.85, ngram: int = 5, num_perm: int = 128
 ) -> tuple[list[dict], list[dict]]:
     """Drop examples that are near-duplicates of an earlier kept one (MinHash LSH).
 
@@ -156,7 +156,7 @@ def near_dedup(
         raise ConfigError(
             f"near_dedup_threshold must be in (0, 1], got {threshold}.",
             where="data.clean.near_dedup_threshold",
-            hint="e.g. 0.9: drop examples sharing about 90% of their character n-grams.",
+            hint="e.g. 0.85: drop examples sharing about 85% of their character n-grams.",
         )
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     hashes: dict[int, MinHash] = {}

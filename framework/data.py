@@ -637,7 +637,7 @@ def prepare(run: Run) -> dict[str, list[dict]]:
     if clean_cfg.get("near_dedup", True):
         examples, gone = near_dedup(
             examples,
-            threshold=float(clean_cfg.get("near_dedup_threshold", 0.9)),
+            threshold=float(clean_cfg.get("near_dedup_threshold", 0.85)),
             ngram=int(clean_cfg.get("near_dedup_ngram", 5)),
             num_perm=int(clean_cfg.get("near_dedup_num_perm", 128)),
         )

@@ -35,8 +35,8 @@ def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict
     record = require_object(record)
     columns = data_cfg.get("columns")
     field = column(columns, "messages")
-    if field not in record and not (columns and columns.get("messages")):
-        field = "conversations" if "conversations" in record else field
+    if field == "messages" and field not in record and "conversations" in record:
+        field = "conversations"  # the ShareGPT spelling, found without mapping
     if record.get(field) is None:
         raise RecordError(
             "missing_field",
