@@ -20,14 +20,14 @@ SPLITS = ("train", "val", "test")
 
 #: Cleaning steps in the order they run, with what each line of the report means.
 STEPS: dict[str, str] = {
-    "normalized": "changed by Unicode normalisation / whitespace trim (kept)",
+    "normalized": "changed by Unicode normalisation / trim (kept)",
     "dedup": "removed: exact duplicates",
     "near_dedup": "removed: near-duplicates (MinHash)",
-    "too_short": "removed: shorter than clean.min_tokens",
-    "too_long": "removed: longer than max_length (too_long=drop)",
-    "no_loss_after_truncation": "removed: no answer token left within max_length",
-    "truncated": "longer than max_length, cut when trained on (kept)",
-    "max_samples": "removed: over a source's max_samples cap",
+    "too_short": "removed: under clean.min_tokens",
+    "too_long": "removed: over max_length (too_long=drop)",
+    "no_loss_after_truncation": "removed: no answer left within max_length",
+    "truncated": "over max_length, cut in training (kept)",
+    "max_samples": "removed: over a source's max_samples",
 }
 
 
@@ -107,9 +107,9 @@ def build_report(
 def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """The lines of the summary table: ``(what, count)``."""
     rows = [("records loaded", str(report["loaded"]))]
-    rows.append(("rejected", str(report["rejected_total"])))
+    rows.append(("rejected (rejects.jsonl)", str(report["rejected_total"])))
     rows += [(f"  rejected: {reason}", str(n)) for reason, n in report["rejected"].items()]
-    rows += [(f"{k}: {STEPS[k]}", str(n)) for k, n in report["cleaning"].items()]
+    rows += [(STEPS[k], str(n)) for k, n in report["cleaning"].items()]
     rows += [(f"split: {s}", str(report["splits"][s]["examples"])) for s in SPLITS]
     return rows
 

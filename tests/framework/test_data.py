@@ -426,3 +426,17 @@ def test_prepared_data_is_reused_by_a_later_run_and_redone_when_inputs_change(
     write_jsonl(path, alpaca_rows(20))
     with pytest.raises(AssertionError, match="prepared again"):
         prepare(make_run(tmp_path, f"data.path={path}", "data.split.test=0.2", run_name="fourth"))
+
+
+def test_docs_list_every_rejection_reason_and_cleaning_key() -> None:
+    from framework.cli import CONFIG_DIR
+    from framework.records import REASONS
+
+    docs = (Path(CONFIG_DIR).parent / "docs" / "data.md").read_text("utf-8")
+    for reason in REASONS:
+        assert f"| `{reason}` |" in docs, (
+            f"docs/data.md does not explain the reject reason {reason}"
+        )
+    clean = compose_config(["data=demo"]).data.clean
+    for key in clean:
+        assert f"`{key}:" in docs, f"docs/data.md does not explain data.clean.{key}"
