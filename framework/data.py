@@ -27,6 +27,7 @@ import logging
 import random
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,16 @@ SOURCE_KEYS = (
 )
 
 #: ``data`` keys that do not change the prepared data (left out of the fingerprint).
-NOT_FINGERPRINTED = ("batch_size", "num_workers", "cache", "cache_dir", "name")
+NOT_FINGERPRINTED = (
+    "batch_size",
+    "num_workers",
+    "packing",
+    "pack_length",
+    "group_by_length",
+    "cache",
+    "cache_dir",
+    "name",
+)
 
 #: Everything the prepare stage writes into ``<run>/data``.
 OUTPUT_FILES = (
@@ -195,6 +205,8 @@ def resolve_sources(data_cfg: DictConfig) -> list[Source]:
         ]
         keys = [("data", "data.path")]
     else:
+        if base.get("path"):
+            log.warning("data.path is not used: data.sources lists the sources of this run")
         keys = [(f"data.sources[{i}]", f"data.sources[{i}].path") for i in range(len(entries))]
     for split, spec in (("val", val_path), ("test", test_path)):
         if spec:
@@ -535,7 +547,8 @@ def _reuse(run: Run, fp: str, cache_dir: Path | None) -> dict[str, list[dict]] |
     from framework.data_report import print_report
 
     own = run.data_dir / "report.json"
-    if own.exists() and json.loads(own.read_text(encoding="utf-8")).get("fingerprint") == fp:
+    complete = own.exists() and all((run.data_dir / f"{s}.jsonl").exists() for s in SPLITS)
+    if complete and json.loads(own.read_text(encoding="utf-8")).get("fingerprint") == fp:
         log.info("data unchanged since the last prepare of this run; reusing %s", run.data_dir)
     elif cache_dir is not None and (cache_dir / fp / "report.json").exists():
         log.info("reusing prepared data from the cache: %s", cache_dir / fp)
@@ -581,6 +594,106 @@ def _check_reject_share(
         )
 
 
+def load_all(run: Run, sources: list[Source]) -> tuple[list[dict], list[dict]]:
+    """Load and validate every source, writing ``rejects.jsonl`` as it goes.
+
+    Raises:
+        DataError: a source's reject share is over ``data.max_reject_ratio``.
+    """
+    limit = float(run.cfg.data.get("max_reject_ratio", 0.5))
+    examples: list[dict] = []
+    rejects: list[dict] = []
+    for source in sources:
+        kept, bad = load_source(run, source)
+        rejects.extend(bad)
+        write_jsonl(run.data_dir / "rejects.jsonl", rejects)
+        source.stats.update(loaded=len(kept) + len(bad), rejected=len(bad))
+        _check_reject_share(source, len(kept) + len(bad), bad, limit, run)
+        examples.extend(kept)
+    return examples, rejects
+
+
+def clean(
+    examples: list[dict], sources: list[Source], clean_cfg: Any, encoder: Encoder
+) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Run the cleaning steps ``data.clean`` switches on, over all sources together.
+
+    User-given test, then validation examples go first, so a twin in train is the one removed.
+
+    Returns:
+        ``(kept examples, removed records, counts of changed/truncated examples)``.
+    """
+    rank = {"test": 0, "val": 1}
+    split_of = {s.name: s.split for s in sources}
+    examples = sorted(examples, key=lambda e: rank.get(split_of[e["_origin"]] or "", 2))
+    counts: dict[str, int] = {}
+    removed: list[dict] = []
+    normal_form = clean_cfg.get("normalize", "NFC")
+    if normal_form:
+        examples, counts["normalized"] = normalize(examples, normal_form)
+    if clean_cfg.get("dedup", True):
+        examples, gone = exact_dedup(examples)
+        removed += gone
+    if clean_cfg.get("near_dedup", True):
+        examples, gone = near_dedup(
+            examples,
+            threshold=float(clean_cfg.get("near_dedup_threshold", 0.85)),
+            ngram=int(clean_cfg.get("near_dedup_ngram", 5)),
+            num_perm=int(clean_cfg.get("near_dedup_num_perm", 128)),
+        )
+        removed += gone
+    examples, gone, counts["truncated"] = length_filter(
+        examples,
+        encoder.measure,
+        max_tokens=encoder.max_length,
+        policy=clean_cfg.get("too_long", "truncate"),
+        min_tokens=int(clean_cfg.get("min_tokens", 0) or 0),
+    )
+    removed += gone
+    return examples, removed, counts
+
+
+def split_sources(
+    examples: list[dict], sources: list[Source], ratios: Any, seed: int
+) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Cap, split and weight each source's examples, and gather the splits.
+
+    Returns:
+        ``(splits, removed records for examples over a source's max_samples)``.
+    """
+    ratios = {k: float(ratios.get(k, 0.0) or 0.0) for k in SPLITS}
+    for fixed in ("val", "test"):  # given as files: the other ratios cut the rest
+        if any(s.split == fixed for s in sources):
+            ratios[fixed] = 0.0
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    removed: list[dict] = []
+    for i, source in enumerate(sources):
+        mine = [e for e in examples if e["_origin"] == source.name]
+        if source.max_samples is not None and len(mine) > source.max_samples:
+            capped = sample(mine, source.max_samples, seed + i)
+            keep = {id(e) for e in capped}
+            message = f"over the cap of {source.max_samples} examples of source '{source.name}'"
+            removed += [
+                {"step": "max_samples", "source": e["_source"], "message": message}
+                for e in mine
+                if id(e) not in keep
+            ]
+            mine = capped
+        source.stats["kept"] = len(mine)
+        if source.split is not None:  # the whole source is one split
+            parts: dict[str, list[dict]] = {s: [] for s in SPLITS}
+            parts[source.split] = sorted(mine, key=example_key)
+        else:
+            parts = split_examples(mine, ratios, seed)
+        parts["train"] = apply_weight(parts["train"], source.weight, seed + i)
+        for s in SPLITS:
+            source.stats[s] = len(parts[s])
+            splits[s].extend(parts[s])
+    if len(sources) > 1 or any(s.weight != 1.0 for s in sources):
+        random.Random(seed).shuffle(splits["train"])  # mix the sources
+    return splits, removed
+
+
 def prepare(run: Run) -> dict[str, list[dict]]:
     """Run the prepare stage and return the splits (reused when inputs and config match).
 
@@ -591,10 +704,8 @@ def prepare(run: Run) -> dict[str, list[dict]]:
     """
     from framework.data_report import build_report, print_report, write_report_files
 
-    cfg = run.cfg
-    data_cfg = cfg.data
-    clean_cfg = data_cfg.get("clean") or {}
-    seed = int(cfg.seed)
+    data_cfg = run.cfg.data
+    seed = int(run.cfg.seed)
     sources = resolve_sources(data_cfg)
     fp = fingerprint(run, sources)
     cache_dir = (
@@ -610,86 +721,13 @@ def prepare(run: Run) -> dict[str, list[dict]]:
     for name in OUTPUT_FILES[::-1]:  # a stale report.json first: never looks complete
         (run.data_dir / name).unlink(missing_ok=True)
 
-    # load + validate, source by source
-    examples: list[dict] = []
-    rejects: list[dict] = []
-    limit = float(data_cfg.get("max_reject_ratio", 0.5))
-    for source in sources:
-        kept, bad = load_source(run, source)
-        rejects.extend(bad)
-        write_jsonl(run.data_dir / "rejects.jsonl", rejects)
-        source.stats.update(loaded=len(kept) + len(bad), rejected=len(bad))
-        _check_reject_share(source, len(kept) + len(bad), bad, limit, run)
-        examples.extend(kept)
-
-    # clean; user-given test, then val examples first, so that they win over a train twin
-    rank = {"test": 0, "val": 1}
-    split_of = {s.name: s.split for s in sources}
-    examples.sort(key=lambda e: rank.get(split_of[e["_origin"]] or "", 2))
-    steps: dict[str, int] = {}
-    removed: list[dict] = []
-    normal_form = clean_cfg.get("normalize", "NFC")
-    if normal_form:
-        examples, steps["normalized"] = normalize(examples, normal_form)
-    if clean_cfg.get("dedup", True):
-        examples, gone = exact_dedup(examples)
-        removed += gone
-    if clean_cfg.get("near_dedup", True):
-        examples, gone = near_dedup(
-            examples,
-            threshold=float(clean_cfg.get("near_dedup_threshold", 0.85)),
-            ngram=int(clean_cfg.get("near_dedup_ngram", 5)),
-            num_perm=int(clean_cfg.get("near_dedup_num_perm", 128)),
-        )
-        removed += gone
+    examples, rejects = load_all(run, sources)
     encoder = Encoder(run, prepare_tokenizer(run))
-    examples, gone, truncated = length_filter(
-        examples,
-        encoder.measure,
-        max_tokens=encoder.max_length,
-        policy=clean_cfg.get("too_long", "truncate"),
-        min_tokens=int(clean_cfg.get("min_tokens", 0) or 0),
-    )
-    removed += gone
-    steps["truncated"] = truncated
-
-    # cap, split and weight, source by source
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    ratios = {k: float(data_cfg.split.get(k, 0.0) or 0.0) for k in SPLITS}
-    for fixed in ("val", "test"):
-        if any(s.split == fixed for s in sources):
-            ratios[fixed] = 0.0
-    for i, source in enumerate(sources):
-        mine = [e for e in examples if e["_origin"] == source.name]
-        if source.max_samples is not None and len(mine) > source.max_samples:
-            capped = sample(mine, source.max_samples, seed + i)
-            keep = {id(e) for e in capped}
-            removed += [
-                {
-                    "step": "max_samples",
-                    "source": e["_source"],
-                    "message": f"over the cap of {source.max_samples} examples of "
-                    f"source '{source.name}'",
-                }
-                for e in mine
-                if id(e) not in keep
-            ]
-            mine = capped
-        source.stats["kept"] = len(mine)
-        if source.split is not None:  # the whole source is one split
-            parts = {s: [] for s in SPLITS}
-            parts[source.split] = sorted(mine, key=example_key)
-        else:
-            parts = split_examples(mine, ratios, seed)
-        parts["train"] = apply_weight(parts["train"], source.weight, seed + i)
-        for s in SPLITS:
-            source.stats[s] = len(parts[s])
-            splits[s].extend(parts[s])
-    for step in ("dedup", "near_dedup", "too_long", "too_short", "no_loss_after_truncation"):
-        steps[step] = sum(r["step"] == step for r in removed)
-    steps["max_samples"] = sum(r["step"] == "max_samples" for r in removed)
+    examples, removed, counts = clean(examples, sources, data_cfg.get("clean") or {}, encoder)
+    splits, capped = split_sources(examples, sources, data_cfg.split, seed)
+    removed += capped
     write_jsonl(run.data_dir / "removed.jsonl", removed)
-
+    steps = {**counts, **Counter(r["step"] for r in removed)}
     if not splits["train"]:
         total = sum(len(v) for v in splits.values())
         raise DataError(
@@ -699,19 +737,10 @@ def prepare(run: Run) -> dict[str, list[dict]]:
             hint="read rejects.jsonl and removed.jsonl there; add data or give train a "
             "larger share.",
         )
-    if len(sources) > 1 or any(s.weight != 1.0 for s in sources):
-        random.Random(seed).shuffle(splits["train"])  # mix the sources
     for name, rows in splits.items():
         write_jsonl(run.data_dir / f"{name}.jsonl", rows)
 
-    report = build_report(
-        fingerprint=fp,
-        sources=sources,
-        rejects=rejects,
-        steps=steps,
-        splits=splits,
-        encoder=encoder,
-    )
+    report = build_report(fp, sources, rejects, steps, splits, encoder)
     write_report_files(run, report, splits, encoder, seed)
     print_report(report)
     _store_in_cache(run, fp, cache_dir)
