@@ -186,7 +186,13 @@ def read_csv_records(path: Path, delimiter: str | None = None) -> Iterator[tuple
                 raise DataError(
                     f"The header row cannot be read as CSV: {exc}.", where=f"{path}:{start}"
                 ) from None
-            yield start, RecordError("bad_row", f"row is not valid CSV: {exc}")
+            message = (
+                "a quoted field opened on this row is never closed: the rest of the file was "
+                'read into it (a quote inside a quoted field must be doubled: "")'
+                if "unexpected end of data" in str(exc)
+                else f"row is not valid CSV: {exc}"
+            )
+            yield start, RecordError("bad_row", message)
             continue
         consumed = reader.line_num
         if not row:  # a blank line

@@ -182,3 +182,12 @@ def test_unknown_suffix_is_served_by_nobody(pm, tmp_path) -> None:
     path.write_bytes(b"")
     assert pm.hook.tunesmith_read_file(path=path, data_cfg=OmegaConf.create({})) is None
     assert {".jsonl", ".json", ".csv", ".tsv", ".parquet"} <= set(pm.names("file"))
+
+
+def test_csv_quote_never_closed_is_reported_on_the_row_that_opened_it(pm, tmp_path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('a,b\n1,2\n"unclosed,x\n3,4\n', encoding="utf-8")
+    rows = read(pm, path)
+    assert rows[0] == (2, {"a": "1", "b": "2"})
+    assert reasons(rows) == {3: "bad_row"}
+    assert "never closed" in rows[1][1].message
