@@ -74,7 +74,8 @@ def tunesmith_run_stage(name: str, run: Run) -> bool | None:
 def tunesmith_read_file(path: Path, data_cfg: DictConfig) -> Iterable[tuple[int, Any]] | None:
     """Read the raw records of one data file.
 
-    Called by the prepare stage for every file that ``data.path`` names.
+    Called by the prepare stage for every file that ``data.path`` (or a ``data.sources``
+    entry, ``data.val_path``, ``data.test_path``) names; the reader is picked by suffix.
 
     Args:
         path: the file to read.
@@ -92,7 +93,8 @@ def tunesmith_read_file(path: Path, data_cfg: DictConfig) -> Iterable[tuple[int,
 def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict | None:
     """Turn one raw record of the record shape ``name`` into a tunesmith example.
 
-    Called by the prepare stage for each raw record; ``name`` is ``data.format``.
+    Called by the prepare stage for each raw record; ``name`` is ``data.format`` (or the
+    ``format`` of the record's ``data.sources`` entry).
 
     Args:
         name: the record shape (``alpaca``...).
@@ -101,7 +103,8 @@ def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict
 
     Returns:
         An example dict: ``{"messages": [{"role": ..., "content": ...}, ...]}`` for chat
-        data, or ``{"text": ...}`` for plain text. Raise
+        data, ``{"text": ...}`` for plain text, or for a preference pair the chat shape
+        ending with the chosen answer plus ``"rejected": str``. Raise
         :class:`framework.errors.RecordError` for a record that is wrong (it is rejected
         with the reason). ``None`` when the plugin does not serve ``name``. First result wins.
     """

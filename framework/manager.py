@@ -40,6 +40,12 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.exact_match",
     "plugins.metrics.perplexity",
     "plugins.exports.merged",
+    "plugins.files.csvfile",
+    "plugins.files.parquetfile",
+    "plugins.formats.sharegpt",
+    "plugins.formats.text",
+    "plugins.formats.pairs",
+    "plugins.objectives.pretrain",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
