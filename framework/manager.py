@@ -40,6 +40,13 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.exact_match",
     "plugins.metrics.perplexity",
     "plugins.exports.merged",
+    "plugins.metrics.token_accuracy",
+    "plugins.metrics.accuracy",
+    "plugins.metrics.choice_accuracy",
+    "plugins.metrics.bleu",
+    "plugins.metrics.rouge",
+    "plugins.metrics.validation",
+    "plugins.human_eval",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
