@@ -270,7 +270,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: list[str], kwargs: dict)
     new = out[:, enc["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     stops = kwargs.get("stop_strings") or []
-    return [_cut_at_stop(t, stops).strip() for t in texts]
+    # a byte-level BPE cut by max_new_tokens can end inside a character: drop the remains
+    return [_cut_at_stop(t, stops).rstrip("\ufffd").strip() for t in texts]
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:
@@ -422,7 +423,8 @@ class PredictionStore:
     def compact(self, order: list[str]) -> list[dict]:
         """Rewrite the file as one merged row per example, in ``order``; return the rows."""
         keep = [i for i in dict.fromkeys(order) if i in self.rows]
-        self._rewrite(keep)
+        if self.path.exists():  # nothing to write when no metric generated anything
+            self._rewrite(keep)
         return [self.rows[i] for i in keep]
 
 

@@ -12,7 +12,7 @@ import pytest
 import framework.evaluation as evaluation
 from framework.pipeline import run_pipeline
 from framework.run import read_jsonl
-from tests.conftest import TINY, compose_config, run_cli
+from tests.conftest import TINY, compose_config
 
 
 def _data_file(folder: Path) -> Path:
@@ -193,9 +193,10 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
             "evaluator.metrics=[exact_match]",
             "force=true",
             "evaluator.max_new_tokens=4",
+            "evaluator.max_samples=2",
         )
     )
-    assert len(generated) == 2 * n_test
+    assert len(generated) == 2 * 2
 
 
 def test_evaluate_a_finished_run_from_another_directory(trained, tmp_path: Path) -> None:
@@ -266,15 +267,3 @@ def test_bad_evaluation_sources_are_clear_errors(trained, tmp_path: Path) -> Non
                 f"evaluator.adapter={run_dir / 'artifact'}",
             )
         )
-
-
-def test_cli_evaluates_a_finished_run(trained, tmp_path: Path) -> None:
-    proc = run_cli(
-        "stages=[evaluate]",
-        f"evaluator.run={trained[0]}",
-        "evaluator=loss",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "perplexity" in proc.stdout and "tuned" in proc.stdout and "(better)" in proc.stdout
-    assert (tmp_path / "eval" / "eval_report.md").exists()
