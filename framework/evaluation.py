@@ -370,6 +370,11 @@ class PredictionStore:
                     rewrite = True
                     continue
                 if "id" not in row:
+                    log.warning(
+                        "%s:%d has no example id (an older format); it is not reused",
+                        self.path,
+                        n,
+                    )
                     rewrite = True
                     continue
                 self.rows.setdefault(row["id"], {}).update(row)
@@ -656,6 +661,8 @@ def apply_run_source(run: Run) -> Path | None:
         for group in ("model", "method"):
             if group in saved:
                 run.cfg[group] = saved[group]
+    if src.resolve() != run.dir.resolve():  # record what is really evaluated
+        (run.dir / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
     log.info(
         "evaluating run %s (model=%s, method=%s)", src, run.cfg.model.name, run.cfg.method.name
     )

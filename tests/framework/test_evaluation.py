@@ -90,18 +90,21 @@ def test_validation_metrics_are_logged_while_training(trained) -> None:
 
 
 def test_disabled_adapter_base_equals_a_freshly_built_base(trained, tmp_path: Path) -> None:
-    a = run_pipeline(_cfg(_copy(trained[0], tmp_path / "a"), trained[1], "evaluator=loss"))
+    # classification metrics by log-likelihood too: the answers 2..13 are the choices
+    opts = [
+        "evaluator=classification",
+        "evaluator.metrics=[choice_accuracy,perplexity,token_accuracy]",
+    ]
+    a = run_pipeline(_cfg(_copy(trained[0], tmp_path / "a"), trained[1], *opts))
     b = run_pipeline(
-        _cfg(
-            _copy(trained[0], tmp_path / "b"),
-            trained[1],
-            "evaluator=loss",
-            "evaluator.base=rebuild",
-        )
+        _cfg(_copy(trained[0], tmp_path / "b"), trained[1], *opts, "evaluator.base=rebuild")
     )
-    for name in ("perplexity", "token_accuracy"):
+    assert list(a["base"]) == ["choice_accuracy", "perplexity", "token_accuracy"]
+    for name in a["base"]:
         assert a["base"][name] == pytest.approx(b["base"][name], rel=1e-5)
         assert a["tuned"][name] == pytest.approx(b["tuned"][name], rel=1e-5)
+    assert 0.0 <= a["tuned"]["choice_accuracy"] <= 1.0
+    assert not (tmp_path / "a/run/predictions.jsonl").exists()  # nothing was generated
 
 
 def test_perplexity_and_token_accuracy_match_the_model_itself(trained) -> None:
@@ -210,6 +213,7 @@ def test_evaluate_a_finished_run_from_another_directory(trained, tmp_path: Path)
     assert metrics["tuned"]["perplexity"] < metrics["base"]["perplexity"]
     report = (tmp_path / "eval" / "eval_report.md").read_text()
     assert f"artifact {trained[0] / 'artifact'}" in report and "`tiny`" in report
+    assert "name: tiny" in (tmp_path / "eval" / "config.yaml").read_text()
 
 
 def test_evaluate_an_adapter_folder_or_any_local_model(trained, tmp_path: Path) -> None:
@@ -267,3 +271,16 @@ def test_bad_evaluation_sources_are_clear_errors(trained, tmp_path: Path) -> Non
                 f"evaluator.adapter={run_dir / 'artifact'}",
             )
         )
+
+
+def test_generation_stops_at_end_of_turn_and_at_stop_strings(trained) -> None:
+    from framework.manager import build_plugin_manager
+    from framework.run import Run
+
+    cfg = _cfg(trained[0], trained[1], "evaluator.stop=[END]")
+    model, tok = Run(cfg=cfg, dir=trained[0], plugins=build_plugin_manager()).build_base()
+    eot = evaluation.end_of_turn_ids(model, tok)
+    assert tok.convert_tokens_to_ids("<|im_end|>") in eot and tok.eos_token_id in eot
+    kwargs = evaluation.generation_kwargs(model, tok, cfg.evaluator)
+    assert kwargs["do_sample"] is False and kwargs["stop_strings"] == ["END"]
+    assert evaluation._cut_at_stop("42 END more", ["END"]) == "42 "
