@@ -762,6 +762,13 @@ def base_mode(run: Run, tuned: Any) -> str:
     return mode
 
 
+#: How each base mode reads in the report.
+BASE_MODES = {
+    "disable_adapter": "the tuned model with its adapter disabled",
+    "rebuild": "a fresh build of `{model}`",
+}
+
+
 @contextmanager
 def base_model(run: Run, tuned: Any, tokenizer: Any, mode: str) -> Iterator[tuple[Any, Any]]:
     """The base model for as long as the block runs.
@@ -915,7 +922,9 @@ def evaluate(run: Run) -> dict[str, Any]:
         info={
             "examples": len(examples),
             "tuned": source.describe() if source else "none",
-            "base": mode if ("base" in results) else "not scored",
+            "base": BASE_MODES[mode].format(model=cfg.model.name)
+            if "base" in results
+            else "not scored (evaluator.compare_base=false)",
         },
     )
     return results

@@ -72,7 +72,7 @@ def test_base_and_tuned_are_scored_on_the_same_examples(trained, tmp_path: Path)
     assert "| metric | base | tuned | change |" in report
     assert "| perplexity |" in report and "(better)" in report
     assert "## Examples that improved" in report and "## Examples that got worse" in report
-    assert "base model: disable_adapter" in report
+    assert "base model: the tuned model with its adapter disabled" in report
 
 
 def test_validation_metrics_are_logged_while_training(trained) -> None:
