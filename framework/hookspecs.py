@@ -237,7 +237,8 @@ def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str,
 
     Returns:
         ``{metric_name: value}`` for the selected names the plugin serves, or ``None``.
-        Fan-out: the dicts of all plugins are merged.
+        A selected name may be answered with several keys that start with it (``rouge``
+        -> ``rouge1``, ``rouge2``, ``rougeL``). Fan-out: the dicts of all plugins are merged.
     """
 
 

@@ -46,6 +46,13 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.formats.text",
     "plugins.formats.pairs",
     "plugins.objectives.pretrain",
+    "plugins.metrics.token_accuracy",
+    "plugins.metrics.accuracy",
+    "plugins.metrics.choice_accuracy",
+    "plugins.metrics.bleu",
+    "plugins.metrics.rouge",
+    "plugins.metrics.validation",
+    "plugins.human_eval",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
