@@ -40,6 +40,8 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.exact_match",
     "plugins.metrics.perplexity",
     "plugins.exports.merged",
+    "plugins.exports.adapter",
+    "plugins.serve_stages",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
