@@ -218,6 +218,7 @@ def save_hf_folder(
     eos = end_of_turn_ids(tokenizer, model)
     gen.eos_token_id = eos[0] if len(eos) == 1 else eos
     gen.pad_token_id = tokenizer.pad_token_id
+    gen._from_model_config = False  # written on purpose: transformers must not regenerate it
     if tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
     for key, value in (generation or {}).items():
@@ -259,6 +260,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
     return "—" if value is None else str(value)
 
 
@@ -346,7 +349,7 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
             [
                 ["model", base_name],
                 ["config name", f"model={model_cfg.name}"],
-                ["path", model_cfg.get("path")],
+                *([["path", model_cfg.path]] if model_cfg.get("path") else []),
                 ["exported dtype", dtype or "as trained"],
             ],
         ),
