@@ -371,4 +371,10 @@ def serve(run: Run) -> None:
         "(OpenAI chat completions; Ctrl-C stops)",
         flush=True,
     )
-    build_server(app, host).run(sockets=[sock])
+    try:
+        build_server(app, host).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C
+        pass
+    finally:
+        sock.close()
+    print("tunesmith: server stopped", flush=True)
