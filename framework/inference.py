@@ -292,6 +292,7 @@ class GenerationParams:
             max_new_tokens=int(serve_cfg.get("max_tokens", 256)),
             temperature=float(serve_cfg.get("temperature", 0.7)),
             top_p=float(serve_cfg.get("top_p", 1.0)),
+            seed=None if serve_cfg.get("seed") is None else int(serve_cfg.seed),
         )
 
     def replace(self, **changes: Any) -> GenerationParams:
