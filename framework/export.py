@@ -207,7 +207,8 @@ def save_hf_folder(
         tokenizer: its tokenizer.
         path: the folder to write into.
         dtype: cast the weights to this ``torch.dtype`` first (``None`` keeps them).
-        generation: extra ``generation_config.json`` fields (``export.generation``).
+        generation: ``generation_config.json`` fields to set (``export.generation``; ``None``
+            values are left as they are).
     """
     from transformers import GenerationConfig
 
@@ -221,10 +222,11 @@ def save_hf_folder(
     gen._from_model_config = False  # written on purpose: transformers must not regenerate it
     if tokenizer.bos_token_id is not None:
         gen.bos_token_id = tokenizer.bos_token_id
-    for key, value in (generation or {}).items():
+    chosen = {k: v for k, v in (generation or {}).items() if v is not None}
+    for key, value in chosen.items():
         setattr(gen, key, value)
     try:
-        gen.validate(strict=True)
+        gen.validate(strict=bool(chosen))
     except ValueError as exc:
         raise ConfigError(
             f"The generation settings are inconsistent: {exc}",

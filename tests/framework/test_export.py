@@ -153,9 +153,17 @@ def test_merged_export_in_bfloat16(run_dir: Path, tmp_path: Path) -> None:
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "checkpoints"))
-    run = run_of(copy, "export.formats=[merged]", "export.dtype=bfloat16")
+    run = run_of(
+        copy,
+        "export.formats=[merged]",
+        "export.dtype=bfloat16",
+        "export.generation.do_sample=true",
+        "export.generation.temperature=0.6",
+    )
     (written,) = export(run)
     assert json.loads((written / "config.json").read_text())["dtype"] == "bfloat16"
+    gen = json.loads((written / "generation_config.json").read_text())
+    assert gen["do_sample"] is True and gen["temperature"] == 0.6 and gen["eos_token_id"] == 2
     with safe_open(str(written / "model.safetensors"), framework="pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
     assert dtypes == {torch.bfloat16}
@@ -263,3 +271,7 @@ def test_wrong_export_settings_fail_before_any_work(run_dir: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match="No plugin serves export 'gguf'"):
         export(run_of(copy, "export.formats=[adapter,gguf]"))
     assert not (copy / "export").exists()
+    # settings that only fail while writing leave no half-written folder behind
+    with pytest.raises(ConfigError, match="export.generation"):
+        export(run_of(copy, "export.formats=[merged]", "export.generation.temperature=0.5"))
+    assert not (copy / "export" / "merged").exists()
