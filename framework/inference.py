@@ -224,7 +224,8 @@ def load_chat_model(run: Run) -> tuple[Any, Any, str]:
             raise ConfigError(
                 f"There is no trained model in '{path}'.",
                 where=f"{where}={path}",
-                hint="point hydra.run.dir at a finished run (python run.py stages=[serve] "
+                hint="use the overrides you trained with (the run directory is named from "
+                "them), or point hydra.run.dir at a finished run (python run.py stages=[serve] "
                 "hydra.run.dir=outputs/runs/<run>), or serve.model at a run directory, "
                 "export/merged, export/adapter or a Hugging Face model folder.",
             )
