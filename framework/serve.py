@@ -168,6 +168,14 @@ def create_app(engine: ChatEngine, api_key: str | None = None, max_tokens_limit:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(status_code=exc.status_code, content=error_body(str(exc.detail), kind))
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse(
+            status_code=500,
+            content=error_body(f"The server failed: {type(exc).__name__}: {exc}", "server_error"),
+        )
+
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Any:
         guarded = api_key and request.url.path.startswith("/v1/")

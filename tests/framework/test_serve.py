@@ -263,3 +263,22 @@ def test_serve_stage_from_the_command_line(run_dir: Path, tmp_path: Path) -> Non
             proc.kill()
             raise
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
+
+
+def test_stop_strings_cut_the_answer(engine: ChatEngine) -> None:
+    full = _answer(engine, QUESTION, max_new_tokens=24)
+    stop = full[len(full) // 2 :][:2]
+    assert stop.strip(), full
+    cut = engine.complete(QUESTION, GenerationParams(**SAMPLING, max_new_tokens=24, stop=[stop]))
+    assert cut.text == full[: full.index(stop)]
+    assert cut.finish_reason == "stop"
+
+
+def test_api_key_is_required_when_set(engine: ChatEngine) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(engine, api_key="sekret"))
+    r = client.get("/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
+    assert client.get("/health").status_code == 200
