@@ -44,7 +44,9 @@ def tunesmith_provides() -> Mapping[str, Iterable[str]]:
         A mapping from a stage key to the names served for it, e.g.
         ``{"method": ["lora"], "metric": ["exact_match"]}``. Stage keys in use:
         ``stage``, ``file``, ``format``, ``objective``, ``model``, ``method``, ``metric``,
-        ``export``. Fan-out: every plugin's mapping is merged.
+        ``export``, and ``session``: the stages (also listed under ``stage``) that use a run
+        without changing it (``chat``, ``serve``): they are not recorded in the run state and
+        run again every time. Fan-out: every plugin's mapping is merged.
     """
 
 
@@ -263,6 +265,9 @@ def tunesmith_export(name: str, run: Run, path: Path) -> Path | None:
 @hookspec
 def tunesmith_run_end(run: Run, metrics: dict[str, Any]) -> None:
     """Called once after the last stage of a run finished, with the run's metrics.
+
+    Session stages (``chat``, ``serve``) do not count: a command that runs only those does
+    not call this hook.
 
     Fan-out: every plugin is called; return values are ignored.
     """

@@ -53,6 +53,8 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.rouge",
     "plugins.metrics.validation",
     "plugins.human_eval",
+    "plugins.exports.adapter",
+    "plugins.serve_stages",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
