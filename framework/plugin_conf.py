@@ -44,7 +44,8 @@ class ConfigPackage:
         return f"pkg://{self.package}"
 
 
-def _disabled() -> set[str]:
+def disabled_names() -> set[str]:
+    """The plugin names in ``TUNESMITH_DISABLE_PLUGINS`` (comma-separated)."""
     import os
 
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
@@ -77,7 +78,7 @@ def config_packages(with_options: bool = False) -> list[ConfigPackage]:
     Args:
         with_options: also list the ``group/option`` files each package holds.
     """
-    disabled = _disabled()
+    disabled = disabled_names()
     found: list[ConfigPackage] = []
     for ep in importlib.metadata.entry_points(group=CONF_GROUP):
         if ep.name in disabled or any(c.name == ep.name for c in found):

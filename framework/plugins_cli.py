@@ -30,8 +30,8 @@ def collect(extra: Sequence[str] = ()) -> dict[str, Any]:
         ``{"stages": [{"stage", "config_key", "names": [{"name", "providers": [{"plugin",
         "package"}]}]}], "config_packages": [...], "disabled": [...], "failed": {...}}``.
     """
-    from framework.manager import STAGE_KEYS, _disabled, build_plugin_manager
-    from framework.plugin_conf import config_packages
+    from framework.manager import STAGE_KEYS, build_plugin_manager
+    from framework.plugin_conf import config_packages, disabled_names
 
     manager = build_plugin_manager(extra=list(extra))
     stages = list(STAGE_KEYS) + sorted(set(manager.served) - set(STAGE_KEYS))
@@ -57,7 +57,7 @@ def collect(extra: Sequence[str] = ()) -> dict[str, Any]:
             {"name": c.name, "package": c.package, "dist": c.dist, "options": c.options}
             for c in config_packages(with_options=True)
         ],
-        "disabled": sorted(_disabled()),
+        "disabled": sorted(disabled_names()),
         "failed": dict(manager.failed),
     }
 
