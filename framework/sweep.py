@@ -187,19 +187,35 @@ def read_job(job_dir: Path) -> JobRecord | None:
     )
 
 
-def collect_jobs(sweep_dir: Path, since: float | None = None) -> list[JobRecord]:
+def _marker(job_dir: Path) -> Path:
+    """The file Hydra writes when a job starts (so its mtime tells when the job last ran)."""
+    return job_dir / ".hydra" / "overrides.yaml"
+
+
+def snapshot(sweep_dir: Path) -> dict[str, int]:
+    """``{job dir name: start mark}`` of the jobs already in ``sweep_dir`` (before a sweep)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return {}
+    return {
+        p.name: _marker(p).stat().st_mtime_ns for p in sweep_dir.iterdir() if _marker(p).exists()
+    }
+
+
+def collect_jobs(sweep_dir: Path, before: dict[str, int] | None = None) -> list[JobRecord]:
     """Every job under ``sweep_dir``, by job number.
 
     Args:
         sweep_dir: the multirun directory.
-        since: keep only jobs started at or after this time (``time.time()``); a job's start
-            is when Hydra wrote its ``.hydra/overrides.yaml``. Jobs of an earlier sweep that
-            wrote into the same directory are left out.
+        before: a :func:`snapshot` taken when the sweep started: jobs it lists that did not
+            run again since (an earlier sweep into the same directory) are left out. Only
+            file times are compared, so a cluster node's clock does not matter.
     """
     jobs = []
     for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
-        marker = job_dir / ".hydra" / "overrides.yaml"
-        if since is not None and marker.exists() and marker.stat().st_mtime < since:
+        marker = _marker(job_dir)
+        ran_before = before and job_dir.name in before and marker.exists()
+        if ran_before and marker.stat().st_mtime_ns == before[job_dir.name]:
             continue
         record = read_job(job_dir)
         if record is not None:
@@ -237,15 +253,16 @@ class SweepCallback(Callback):
         self.metric = metric
         self.direction = direction
         self.plot = plot
-        self._multirun_started: float | None = None
+        self._before: dict[str, int] = {}
         self._job_started: float | None = None
 
     # ----------------------------------------------------------------- multirun (main process)
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_name
-        self._multirun_started = time.time()
         overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
         _sweep_name = name_for([str(o) for o in overrides or []])
+        # the jobs an earlier sweep left in this directory, to leave out of this one's summary
+        self._before = snapshot(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from framework.sweep_report import print_summary, summarize
@@ -254,8 +271,7 @@ class SweepCallback(Callback):
         if not sweep_dir.is_dir():
             log.warning("no sweep directory at %s: nothing to summarise", sweep_dir)
             return
-        since = None if self._multirun_started is None else self._multirun_started - 1.0
-        jobs = collect_jobs(sweep_dir, since=since)
+        jobs = collect_jobs(sweep_dir, before=self._before)
         metric, direction = choose_metric(config, jobs, self.metric, self.direction)
         try:
             summary = summarize(sweep_dir, jobs, metric, direction, plot=self.plot)

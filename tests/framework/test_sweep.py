@@ -142,12 +142,16 @@ def test_job_without_record_is_read_from_what_it_left(tmp_path: Path) -> None:
     assert read_job(tmp_path / "not_a_job") is None
 
 
-def test_collect_jobs_leaves_out_jobs_of_an_earlier_sweep(sweep_dir: Path) -> None:
+def test_collect_jobs_leaves_out_jobs_that_did_not_run_again(sweep_dir: Path) -> None:
     import os
 
-    old = sweep_dir / "0__tiny-lora-demo" / ".hydra" / "overrides.yaml"
-    os.utime(old, (1_000_000, 1_000_000))
-    assert [j.num for j in collect_jobs(sweep_dir, since=2_000_000)] == [1, 2, 3]
+    before = sweep.snapshot(sweep_dir)
+    for num in (1, 3):  # these ran again (Hydra rewrote their overrides.yaml)
+        marker = next(sweep_dir.glob(f"{num}__*")) / ".hydra" / "overrides.yaml"
+        later = before[marker.parent.parent.name] + 5_000_000_000
+        os.utime(marker, ns=(later, later))
+    assert [j.num for j in collect_jobs(sweep_dir, before=before)] == [1, 3]
+    assert [j.num for j in collect_jobs(sweep_dir)] == [0, 1, 2, 3]
 
 
 def test_resummarise_command_and_exit_status(sweep_dir: Path, capsys, monkeypatch) -> None:
