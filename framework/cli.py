@@ -40,20 +40,43 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     return None if node is None else float(node)
 
 
+def in_multirun() -> bool:
+    """Whether this job is one of a multirun (``-m``, or ``hydra.mode=MULTIRUN``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    from framework import sweep
+
+    multirun = in_multirun()
     try:
         metrics = train(cfg)
-    except TunesmithError as err:
-        if debug_enabled():
+    except Exception as err:
+        if multirun and not debug_enabled():
+            sweep.job_failed(err)  # recorded in job.json by the sweep callback; the sweep goes on
+            return None
+        if not isinstance(err, TunesmithError) or debug_enabled():
             raise
         log.error("%s", err.format())
         print(f"\nerror: {err.format()}", file=sys.stderr)
         sys.exit(2)
+    if multirun:
+        sweep.job_finished(metrics)
     return optimized_value(cfg, metrics)
 
 
 def main() -> None:
-    """Console entry point (``python run.py``)."""
+    """Console entry point (``python run.py``; ``python run.py plugins`` lists the plugins)."""
+    if sys.argv[1:2] == ["plugins"]:
+        from framework.plugins_cli import main as plugins_main
+
+        sys.exit(plugins_main(sys.argv[2:]))
     register_resolvers()
     hydra_main()
+    from framework.sweep import exit_status
+
+    sys.exit(exit_status())

@@ -44,8 +44,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     for stage in stages:
         plugins.require("stage", stage)
 
+    # Session stages (chat, serve) use a run without changing it: they are not recorded in
+    # run_state.json, run again every time, and leave the run's config.yaml as it was.
+    sessions = set(plugins.names("session"))
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
-    (run_dir / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
+    config_path = run_dir / "config.yaml"
+    if any(s not in sessions for s in stages) or not config_path.exists():
+        config_path.write_text(run.resolved_config(), encoding="utf-8")
     seed_everything(int(cfg.seed))
     state = run.state()
     if state["status"] == "finished" and not cfg.get("force", False):
@@ -58,14 +63,21 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
                 run_dir,
             )
             return run.saved_metrics()
+        if done:
+            log.info("already done in this run, skipped: %s", ", ".join(done))
         stages = [s for s in stages if s not in done]
-    run.mark(status="running")
+    recorded = [s for s in stages if s not in sessions]
+    if recorded:
+        run.mark(status="running")
     for stage in stages:
         log.info("stage: %s", stage)
         plugins.hook.tunesmith_run_stage(name=stage, run=run)
+        if stage in sessions:
+            continue
         run.mark(stage=stage)
-    run.mark(status="finished")
-    plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+        if stage == recorded[-1]:
+            run.mark(status="finished")
+            plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
     return run.metrics
 
 
