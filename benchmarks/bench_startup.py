@@ -10,6 +10,7 @@ Run: ``python benchmarks/bench_startup.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -73,13 +74,21 @@ def print_report(results: dict) -> None:
             f"heavy imports: {', '.join(r['heavy_imports']) or 'none'}  "
             f"{'met' if r['met'] else 'MISSED'}"
         )
-        print("    heaviest imports: " + ", ".join(f"{m} {ms:.0f} ms" for ms, m in r["top_imports_ms"]))
+        print(
+            "    heaviest imports: "
+            + ", ".join(f"{m} {ms:.0f} ms" for ms, m in r["top_imports_ms"])
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    print_report(run(parser.parse_args().repeat))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    results = run(args.repeat)
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

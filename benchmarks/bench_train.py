@@ -238,7 +238,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument(
-        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated of {list(VARIANTS)}"
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated of {list(VARIANTS)}",
     )
     parser.add_argument(
         "--threads", type=int, help="torch threads of every run (default: torch's own choice)"

@@ -29,17 +29,14 @@ class Collator:
     Args:
         pad_token_id: the id used for padding.
         packing: pack the examples of the batch into rows (see :func:`pack_rows`).
-        pack_length: the most tokens a packed row may hold; ``None`` (the default): as many
-            as the longest example of the batch, so the batch has the width it would have
-            padded, in fewer rows. A row is never shorter than the longest example.
+        pack_length: the most tokens a packed row may hold (a row is never shorter than the
+            longest example of the batch).
     """
 
-    def __init__(
-        self, pad_token_id: int, packing: bool = False, pack_length: int | None = None
-    ) -> None:
+    def __init__(self, pad_token_id: int, packing: bool = False, pack_length: int = 0) -> None:
         self.pad_token_id = pad_token_id
         self.packing = packing
-        self.pack_length = int(pack_length) if pack_length else 0
+        self.pack_length = int(pack_length or 0)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self.pack(rows) if self.packing else self.pad(rows)
@@ -157,7 +154,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         return Collator(
             self.tokenizer.pad_token_id,
             packing=bool(data_cfg.get("packing", False)),
-            pack_length=data_cfg.get("pack_length"),
+            pack_length=int(data_cfg.get("pack_length") or data_cfg.get("max_length") or 0),
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

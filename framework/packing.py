@@ -26,11 +26,13 @@ from torch.utils.data import Sampler
 
 
 def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Assign examples to rows of at most ``budget`` tokens, keeping the rows even.
+    """Lay examples out in rows of at most ``budget`` tokens, with as little padding as can be.
 
-    Longest example first, each goes to the least-filled row it fits in, so that the rows
-    (which are padded to the longest row) are of similar length. An example longer than
-    ``budget`` gets a row of its own.
+    The rows of a batch are padded to the longest row, so what costs is ``rows x width``.
+    For each row count from the fewest that can hold the tokens to the most that can help,
+    the examples go longest first to the least-filled row they fit in (rows come out
+    even); the layout with the fewest padded cells wins, the narrower one on a tie. An
+    example longer than ``budget`` gets a row of its own.
 
     Args:
         lengths: the token count of each example.
@@ -41,10 +43,28 @@ def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """
     if not lengths:
         return []
-    n_rows = max(1, math.ceil(sum(lengths) / max(budget, 1)))
+    total, longest = sum(lengths), max(lengths)
+    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
+    fewest = max(1, math.ceil(total / max(budget, 1)))
+    most = max(fewest, min(len(lengths), math.ceil(total / longest) + 1))
+    best: tuple[int, int, list[list[int]]] | None = None
+    for n_rows in range(fewest, most + 1):
+        rows = _balanced(order, lengths, n_rows, max(budget, 1))
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        key = (len(rows) * width, width)
+        if best is None or key < best[:2]:
+            best = (*key, rows)
+    assert best is not None
+    return sorted((sorted(row) for row in best[2]), key=lambda row: row[0])
+
+
+def _balanced(
+    order: list[int], lengths: Sequence[int], n_rows: int, budget: int
+) -> list[list[int]]:
+    """Longest first into the least-filled of ``n_rows`` rows that has room (or a new row)."""
     rows: list[list[int]] = [[] for _ in range(n_rows)]
     loads = [0] * n_rows
-    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+    for i in order:
         fits = [r for r in range(len(rows)) if loads[r] + lengths[i] <= budget]
         if fits:
             r = min(fits, key=loads.__getitem__)
@@ -54,7 +74,7 @@ def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
             r = len(rows) - 1
         rows[r].append(i)
         loads[r] += lengths[i]
-    return sorted((sorted(row) for row in rows if row), key=lambda row: row[0])
+    return [row for row in rows if row]
 
 
 class LengthGroupedSampler(Sampler[int]):
