@@ -69,9 +69,9 @@ VARIANTS: dict[str, list[str]] = {
     "defaults": [],
     # not run by default; pick with --variants
     "grouped": ["data.packing=false", "data.group_by_length=true"],
+    "packed": ["data.packing=true", "data.group_by_length=false"],
     "packed_grouped": ["data.packing=true", "data.group_by_length=true"],
-    "packed256": ["data.packing=true", "data.pack_length=256"],
-    "same_nobar": ["data.packing=false", "trainer.enable_progress_bar=false"],
+    "same_cold": ["data.packing=false", "data.group_by_length=false", "data.cache=false"],
 }
 DEFAULT_VARIANTS = ("same", "defaults")
 

@@ -148,12 +148,14 @@ class FineTuneDataModule(pl.LightningDataModule):
             )
         self.encode("val")
 
-    def collator(self) -> Collator:
+    def collator(self, packing: bool | None = None) -> Collator:
         """The collate function ``data.packing`` and ``data.pack_length`` ask for."""
         data_cfg = self.cfg.data
+        if packing is None:
+            packing = bool(data_cfg.get("packing", False))
         return Collator(
             self.tokenizer.pad_token_id,
-            packing=bool(data_cfg.get("packing", False)),
+            packing=packing,
             pack_length=int(data_cfg.get("pack_length") or data_cfg.get("max_length") or 0),
         )
 
@@ -161,21 +163,22 @@ class FineTuneDataModule(pl.LightningDataModule):
         data_cfg = self.cfg.data
         rows = self.encoded[split]
         batch_size = int(data_cfg.batch_size)
+        lengths = [len(r["input_ids"]) for r in rows]
         order: dict[str, Any] = {}
-        grouped = bool(data_cfg.get("group_by_length", False))
-        if grouped:
-            lengths = [len(r["input_ids"]) for r in rows]
-        if shuffle and grouped:
+        if not shuffle:
+            # Longest first: less padding, and a batch too big for memory fails at once. The
+            # order does not change a token-weighted loss or metric.
+            order["sampler"] = sorted(range(len(rows)), key=lambda i: -lengths[i])
+        elif bool(data_cfg.get("group_by_length", False)):
             order["sampler"] = LengthGroupedSampler(lengths, batch_size, int(self.cfg.seed))
-        elif grouped:  # evaluation: the order does not change the token-weighted loss
-            order["sampler"] = sorted(range(len(rows)), key=lengths.__getitem__)
-        elif shuffle:
+        else:
             order["shuffle"] = True
             order["generator"] = torch.Generator().manual_seed(int(self.cfg.seed))
         return DataLoader(
             rows,
             batch_size=batch_size,
-            collate_fn=self.collator(),
+            # validation batches stay padded: callbacks read them as the model's usual input
+            collate_fn=self.collator(packing=None if shuffle else False),
             num_workers=int(data_cfg.get("num_workers", 0)),
             **order,
         )

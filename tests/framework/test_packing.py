@@ -176,18 +176,13 @@ def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_lengths() -> 
     assert len(sampler.batches(0)[-1]) == 203 % 8  # the short batch comes last
 
 
-def test_data_module_serves_packed_or_grouped_batches(make_cfg, alpaca_file: Path) -> None:
+def test_data_module_packs_training_batches_and_pads_validation(make_cfg) -> None:
     from framework.manager import build_plugin_manager
     from plugins.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(512)
     examples = [
-        {
-            "messages": [
-                {"role": "user", "content": "word " * n},
-                {"role": "assistant", "content": "ok"},
-            ]
-        }
+        {"messages": [{"role": "user", "content": "word " * n}, {"role": "assistant", "content": "ok"}]}
         for n in range(1, 41)
     ]
     for overrides, key in (
@@ -195,7 +190,8 @@ def test_data_module_serves_packed_or_grouped_batches(make_cfg, alpaca_file: Pat
         (("data.packing=false", "data.group_by_length=true"), "attention_mask"),
     ):
         cfg = make_cfg("model=tiny", "data.batch_size=4", *overrides)
-        dm = FineTuneDataModule({"train": examples, "val": [], "test": []}, cfg)
+        splits = {"train": examples, "val": examples[:10], "test": []}
+        dm = FineTuneDataModule(splits, cfg)
         dm.connect(tokenizer, build_plugin_manager())
         dm.setup("fit")
         batches = list(dm.train_dataloader())
@@ -203,3 +199,8 @@ def test_data_module_serves_packed_or_grouped_batches(make_cfg, alpaca_file: Pat
         assert sum(int(b["num_tokens"]) for b in batches) == sum(
             len(r["input_ids"]) for r in dm.encoded["train"]
         )
+        # validation: padded (callbacks read it as the model's usual input), longest first
+        val = list(dm.val_dataloader())
+        assert all("attention_mask" in b and "position_ids" not in b for b in val)
+        widths = [b["input_ids"].shape[1] for b in val]
+        assert widths == sorted(widths, reverse=True)
