@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -182,7 +180,12 @@ def test_data_module_packs_training_batches_and_pads_validation(make_cfg) -> Non
 
     tokenizer = build_tokenizer(512)
     examples = [
-        {"messages": [{"role": "user", "content": "word " * n}, {"role": "assistant", "content": "ok"}]}
+        {
+            "messages": [
+                {"role": "user", "content": "word " * n},
+                {"role": "assistant", "content": "ok"},
+            ]
+        }
         for n in range(1, 41)
     ]
     for overrides, key in (
