@@ -143,8 +143,13 @@ def main() -> None:
     parser.add_argument("--model", choices=["smollm2", "workload"])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = args.model or ("smollm2" if smollm2_cached() else "workload")
     result = run(model, args.samples, args.repeat)
     print_report(result)

@@ -22,7 +22,9 @@ class FineTuneModule(pl.LightningModule):
         self.cfg = cfg
         self.plugins = plugins
         self.objective = str(cfg.objective)
-        self._tokens = 0
+        self._tokens: Any = 0
+        self._loss_sum: Any = 0.0  # losses since the progress bar last showed one
+        self._loss_steps = 0
         self._t0: float | None = None
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,7 +39,11 @@ class FineTuneModule(pl.LightningModule):
         # A tensor sum, read only at the logging interval: no host sync per step.
         n = batch.get("num_tokens")
         self._tokens = self._tokens + (n if n is not None else batch["attention_mask"].sum())
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # Logged every step, converted to a number only at the logging interval. (A prog_bar
+        # value would be read back every step: a host sync on a GPU.)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_steps += 1
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -49,6 +55,10 @@ class FineTuneModule(pl.LightningModule):
             if sched is not None:
                 self.log("train/lr", sched.get_last_lr()[0], on_step=True)
             self.log("train/peak_mem_mb", _peak_memory_mb(), on_step=True)
+            if self._loss_steps:  # the progress bar: mean loss since it was last shown
+                mean = float(self._loss_sum) / self._loss_steps
+                self.log("loss", torch.tensor(mean), prog_bar=True, logger=False, on_step=True)
+                self._loss_sum, self._loss_steps = 0.0, 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
