@@ -3,12 +3,12 @@
 Padding every batch to its longest example wastes about half of the tokens on data of
 varied length. Two remedies, each selected in the ``data`` config group:
 
-* **packing** (``data.packing=true``): the examples of a batch are laid end to end in as
-  few rows of at most ``data.pack_length`` tokens as fit them. Every example keeps its own
-  ``position_ids`` (restarting at 0) and the model attends only within an example (the
-  attention mask is block-diagonal: transformers builds it from the restarting positions).
-  Each optimizer step sees the same examples and the same loss as the padded batch would;
-  only the pad tokens are gone.
+* **packing** (``data.packing=true``): the examples of a batch are laid end to end in rows
+  of at most ``data.pack_length`` tokens, with as little padding as can be. Every example
+  keeps its own ``position_ids`` (restarting at 0) and the model attends only within an
+  example (the attention mask is block-diagonal: transformers builds it from the restarting
+  positions). Each optimizer step sees the same examples and the same loss as the padded
+  batch would; only the pad tokens are gone.
 * **length-grouped batching** (``data.group_by_length=true``): batches are drawn from
   shuffled "megabatches" sorted by length, so examples of similar length share a batch.
   The order changes (it is still shuffled with the seed); each example is still seen once
