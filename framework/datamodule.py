@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from framework import token_cache
 from framework.chat import IGNORE_INDEX
 from framework.errors import DataError
 from framework.manager import TunesmithPluginManager
@@ -114,6 +116,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.encoded: dict[str, list[dict]] = {}
         self.tokenizer: Any = None
         self.plugins: TunesmithPluginManager | None = None
+        self._setup_digest: str | None = None
 
     def connect(self, tokenizer: Any, plugins: TunesmithPluginManager) -> None:
         self.tokenizer = tokenizer
@@ -123,21 +126,37 @@ class FineTuneDataModule(pl.LightningDataModule):
         """Tokenise ``split`` once (cached) through the objective's encode hook.
 
         Token ids and labels are kept as int32 arrays: a quarter of the memory of Python
-        lists, and batches are built from them by a copy, not element by element.
+        lists, and batches are built from them by a copy, not element by element. With
+        ``data.cache`` on, a split tokenised before under the same settings is read back
+        from ``data.cache_dir/encoded`` (see :mod:`framework.token_cache`).
         """
         if split not in self.encoded:
             assert self.plugins is not None, "call connect() first"
             name = str(self.cfg.objective)
             self.plugins.require("objective", name)
-            rows = []
-            for ex in self.splits.get(split, []):
-                enc = self.plugins.hook.tunesmith_encode_example(
-                    name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg
-                )
-                if enc is not None and max(enc["labels"], default=IGNORE_INDEX) > IGNORE_INDEX:
-                    rows.append({k: _compact(k, v) for k, v in enc.items()})
+            examples = self.splits.get(split, [])
+            path = self._cache_path(examples)
+            rows = token_cache.load(path) if path is not None else None
+            if rows is None:
+                rows = []
+                for ex in examples:
+                    enc = self.plugins.hook.tunesmith_encode_example(
+                        name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg
+                    )
+                    if enc is not None and max(enc["labels"], default=IGNORE_INDEX) > IGNORE_INDEX:
+                        rows.append({k: _compact(k, v) for k, v in enc.items()})
+                if path is not None:
+                    token_cache.save(path, rows)
             self.encoded[split] = rows
         return self.encoded[split]
+
+    def _cache_path(self, examples: list[dict]) -> Path | None:
+        directory = token_cache.cache_dir(self.cfg)
+        if directory is None or not examples:
+            return None
+        if self._setup_digest is None:
+            self._setup_digest = token_cache.setup_digest(self.tokenizer, self.cfg, self.plugins)
+        return directory / f"{token_cache.cache_key(examples, self._setup_digest)}.npz"
 
     def setup(self, stage: str | None = None) -> None:
         if not self.encode("train"):

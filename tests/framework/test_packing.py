@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -207,3 +209,50 @@ def test_data_module_packs_training_batches_and_pads_validation(make_cfg) -> Non
         assert all("attention_mask" in b and "position_ids" not in b for b in val)
         widths = [b["input_ids"].shape[1] for b in val]
         assert widths == sorted(widths, reverse=True)
+
+
+def test_tokenised_splits_are_cached_across_runs(make_cfg, tmp_path: Path) -> None:
+    import numpy as np
+
+    from framework import hookimpl
+    from framework.manager import build_plugin_manager
+    from plugins.models.tiny import build_tokenizer
+
+    class Counter:
+        calls = 0
+
+        @hookimpl
+        def tunesmith_encode_example(self, name, example, tokenizer, cfg):
+            Counter.calls += 1  # counts, then lets the sft plugin encode
+
+    plugins = build_plugin_manager()
+    plugins.pm.register(Counter(), name="counter")
+    tokenizer = build_tokenizer(512)
+    examples = [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {n}"},
+                {"role": "assistant", "content": str(n)},
+            ]
+        }
+        for n in range(12)
+    ]
+
+    def encoded(*overrides: str) -> list[dict]:
+        cfg = make_cfg("model=tiny", f"data.cache_dir={tmp_path / 'cache'}", *overrides)
+        dm = FineTuneDataModule({"train": examples, "val": [], "test": []}, cfg)
+        dm.connect(tokenizer, plugins)
+        return dm.encode("train")
+
+    first = encoded()
+    assert Counter.calls == 12
+    again = encoded("data.batch_size=2", "data.packing=false")  # batching: same tokens
+    assert Counter.calls == 12  # read back, not tokenised again
+    assert all(
+        np.array_equal(a["input_ids"], b["input_ids"]) and np.array_equal(a["labels"], b["labels"])
+        for a, b in zip(first, again, strict=True)
+    )
+    encoded("data.max_length=4")  # another setting that decides the tokens: tokenised again
+    assert Counter.calls == 24
+    encoded("data.cache=false")
+    assert Counter.calls == 36

@@ -1,0 +1,131 @@
+"""A cache of tokenised splits, so a re-run or a sweep over the same data tokenises once.
+
+The key is a hash of everything that decides the tokens: the examples (all their fields, in
+order), the objective, the ``data`` and ``model`` config (batching keys aside), the
+tokenizer (its vocabulary, merges, special tokens and chat template) and the source of the
+code that encodes (the modules implementing ``tunesmith_encode_example``, and
+``framework.chat`` / ``framework.encoding``). Entries live under ``data.cache_dir/encoded``
+and are used when ``data.cache`` is true, like the prepared-data cache.
+
+Only rows made of ``input_ids`` and ``labels`` are cached; an objective that returns other
+keys is tokenised every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: ``data`` keys that change how batches are formed, not the tokens.
+BATCHING_KEYS = ("batch_size", "num_workers", "packing", "pack_length", "group_by_length")
+#: Bump when the stored format changes.
+FORMAT = 1
+CACHED_KEYS = {"input_ids", "labels"}
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Truncation and padding are per-call settings the last call leaves behind (and
+        # transformers sets them again before every call): clear them so they do not count.
+        backend.no_truncation()
+        backend.no_padding()
+        h.update(backend.to_str().encode("utf-8"))
+    else:  # a slow tokenizer: its vocabulary and special tokens
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode("utf-8"))
+    h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True).encode())
+    for name in ("padding_side", "truncation_side"):
+        h.update(str(getattr(tokenizer, name, "")).encode())
+    return h.hexdigest()
+
+
+def _code_digest(plugins: Any) -> str:
+    modules = [sys.modules[m] for m in ("framework.chat", "framework.encoding") if m in sys.modules]
+    modules += [impl.plugin for impl in plugins.pm.hook.tunesmith_encode_example.get_hookimpls()]
+    h = hashlib.sha256()
+    for module in sorted(modules, key=lambda m: getattr(m, "__name__", repr(m))):
+        try:
+            h.update(inspect.getsource(module).encode("utf-8"))
+        except (OSError, TypeError):
+            h.update(getattr(module, "__name__", repr(module)).encode())
+    return h.hexdigest()
+
+
+def setup_digest(tokenizer: Any, cfg: DictConfig, plugins: Any) -> str:
+    """A hash of what decides the tokens besides the examples (computed once per run)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data, dict)
+    for key in (*BATCHING_KEYS, "cache", "cache_dir"):
+        data.pop(key, None)
+    h = hashlib.sha256(f"encoded-v{FORMAT}".encode())
+    h.update(str(cfg.objective).encode())
+    h.update(json.dumps(data, sort_keys=True, default=str).encode())
+    model = OmegaConf.to_container(cfg.get("model") or {}, resolve=True)
+    h.update(json.dumps(model, sort_keys=True, default=str).encode())
+    h.update(_tokenizer_digest(tokenizer).encode())
+    h.update(_code_digest(plugins).encode())
+    return h.hexdigest()
+
+
+def cache_key(examples: list[dict], setup: str) -> str:
+    """The name of the tokenised form of ``examples`` (``setup`` from :func:`setup_digest`)."""
+    h = hashlib.sha256(setup.encode())
+    for ex in examples:
+        h.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_dir(cfg: DictConfig) -> Path | None:
+    """Where tokenised splits are kept, or ``None`` when ``data.cache`` is off."""
+    data = cfg.data
+    if not data.get("cache", True) or not data.get("cache_dir"):
+        return None
+    return Path(str(data.cache_dir)).expanduser() / "encoded"
+
+
+def load(path: Path) -> list[dict] | None:
+    """The rows stored at ``path``, or ``None`` if there are none (or they cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            ids, labels, offsets = z["input_ids"], z["labels"], z["offsets"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring an unreadable token cache entry %s: %s", path, exc)
+        return None
+    return [
+        {"input_ids": ids[a:b], "labels": labels[a:b]}
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+    ]
+
+
+def save(path: Path, rows: list[dict]) -> None:
+    """Store ``rows`` at ``path`` (atomically); rows with other keys are not cached."""
+    if not rows or any(set(r) != CACHED_KEYS for r in rows):
+        return
+    from framework.run import atomic_path
+
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    try:
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(
+                f,
+                input_ids=np.concatenate([r["input_ids"] for r in rows]).astype(np.int32),
+                labels=np.concatenate([r["labels"] for r in rows]).astype(np.int32),
+                offsets=offsets,
+            )
+    except OSError as exc:  # a read-only or full cache must not fail the run
+        log.warning("could not store tokenised data in %s: %s", path.parent, exc)
