@@ -80,12 +80,17 @@ DEFAULT_VARIANTS = ("same", "defaults")
 CHILD_ENV: dict[str, str] = {}
 
 
-def _run(cmd: list[str], out: Path) -> dict:
-    full_env = {**os.environ, **CHILD_ENV, "BENCH_T0": repr(time.time())}
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(out.read_text(encoding="utf-8"))
+def _run(cmd: list[str], out: Path, attempts: int = 2) -> dict:
+    """Run one benchmarked process; a run killed from outside (a signal) is run again."""
+    for attempt in range(attempts):
+        full_env = {**os.environ, **CHILD_ENV, "BENCH_T0": repr(time.time())}
+        proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True)
+        if proc.returncode == 0 and out.is_file():
+            return json.loads(out.read_text(encoding="utf-8"))
+        if proc.returncode >= 0 or attempt == attempts - 1:
+            break
+        print(f"  (run killed by signal {-proc.returncode}; running it again)", flush=True)
+    raise RuntimeError(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 def prepared_examples(work: Workload) -> Path:
