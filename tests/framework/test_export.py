@@ -188,7 +188,7 @@ def test_model_card_is_written_from_the_run(run_dir: Path) -> None:
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "from `tiny` using `lora`" in card
     assert report["fingerprint"] in card
-    assert report["files"][0] in card
+    assert report["sources"][0]["files"][0] in card
     assert "| train / val / test | 32 / 4 / 4 |" in card
     assert "| method.r | 8 |" in card
     assert "| optim.lr | 0.002 |" in card
