@@ -40,6 +40,13 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.exact_match",
     "plugins.metrics.perplexity",
     "plugins.exports.merged",
+    "plugins.methods.freeze",
+    "plugins.methods.dora",
+    "plugins.methods.ia3",
+    "plugins.methods.prompt_tuning",
+    "plugins.methods.prefix_tuning",
+    "plugins.methods.qlora",
+    "plugins.objectives.pretrain",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

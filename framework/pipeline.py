@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework.distributed import EVERY_RANK_STAGES, is_global_zero
 from framework.errors import ConfigError
 from framework.manager import build_plugin_manager
 from framework.run import Run
@@ -45,6 +46,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         plugins.require("stage", stage)
 
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
+    if not is_global_zero():
+        return run_as_worker(run, stages)
     (run_dir / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
     seed_everything(int(cfg.seed))
     state = run.state()
@@ -66,6 +69,19 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         run.mark(stage=stage)
     run.mark(status="finished")
     plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+    return run.metrics
+
+
+def run_as_worker(run: Run, stages: list[str]) -> dict[str, Any]:
+    """A process of rank > 0 under a multi-process strategy: join the training stages only.
+
+    Rank 0 prepared the data before it started this process, and saves, evaluates and
+    exports after training; this process writes nothing to the run's state.
+    """
+    seed_everything(int(run.cfg.seed))
+    for stage in stages:
+        if stage in EVERY_RANK_STAGES:
+            run.plugins.hook.tunesmith_run_stage(name=stage, run=run)
     return run.metrics
 
 
