@@ -75,11 +75,29 @@ def trainer_kwargs(node: DictConfig) -> dict[str, Any]:
     return {str(key): convert(node[key]) for key in node}
 
 
-def _instantiate_all(node: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (``None`` entries skipped)."""
+def _instantiate_all(node: DictConfig | None, group: str = "callbacks") -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (``None`` entries skipped).
+
+    Raises:
+        ConfigError: an entry cannot be built (a missing package, a wrong argument).
+    """
     if not node:
         return []
-    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+    built = []
+    for name, value in node.items():
+        if value is None or "_target_" not in value:
+            continue
+        try:
+            built.append(instantiate(value))
+        except Exception as exc:  # Hydra wraps the library's own error
+            cause = exc.__cause__ or exc
+            raise ConfigError(
+                f"Could not build {group}.{name} ({value._target_}): {cause}",
+                where=f"{group}.{name}",
+                hint="install the package it names (see docs/methods.md), fix the argument, "
+                f"or drop it with {group}.{name}=null.",
+            ) from exc
+    return built
 
 
 def build_trainer(run: Run) -> Any:
@@ -87,11 +105,20 @@ def build_trainer(run: Run) -> Any:
     import lightning.pytorch as pl
 
     cfg = run.cfg
-    kwargs = trainer_kwargs(cfg.trainer)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        kwargs = trainer_kwargs(cfg.trainer)
+    except Exception as exc:  # a strategy that cannot be built (deepspeed not installed...)
+        raise ConfigError(
+            f"Could not build the trainer's strategy: {exc.__cause__ or exc}",
+            where="trainer.strategy",
+            hint="install what it names, or pick another trainer=... option.",
+        ) from exc
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     for extra in run.hook.tunesmith_configure_callbacks(cfg=cfg, run=run):
         callbacks.extend(extra or [])
-    loggers = _instantiate_all(cfg.get("logger")) or False
+    loggers = _instantiate_all(cfg.get("logger"), "logger") or False
     try:
         return pl.Trainer(
             default_root_dir=str(run.dir), logger=loggers, callbacks=callbacks, **kwargs
@@ -101,6 +128,13 @@ def build_trainer(run: Run) -> Any:
             f"The trainer config has a key lightning.Trainer does not take: {exc}",
             where="trainer.*",
             hint="use the names of lightning.Trainer's arguments (trainer.max_steps=...).",
+        ) from exc
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(
+            f"lightning.Trainer rejected the trainer config: {exc}",
+            where="trainer.* (accelerator, devices, strategy, precision)",
+            hint="FSDP and DeepSpeed need GPUs (trainer=fsdp / trainer=deepspeed); on a CPU use "
+            "trainer=ddp trainer.accelerator=cpu trainer.devices=2, or trainer=default.",
         ) from exc
 
 
