@@ -251,3 +251,23 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
     assert summary["method"] == "norm_tuning"
     assert 0 < summary["trainable"] < summary["total"]
     assert (run_dir / "artifact" / "norms.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_qlora_on_smollm2_peaks_below_lora(tmp_path: Path) -> None:
+    """The reason to pick qlora: the 4-bit base model needs less memory than lora's fp32 one."""
+    import importlib.util
+
+    from framework.resolvers import ROOT_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "methods_memory", ROOT_DIR / "benchmarks" / "methods_memory.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lora = bench.measure("lora", 2, tmp_path)
+    qlora = bench.measure("qlora", 2, tmp_path)
+    for result in (lora, qlora):
+        assert result["returncode"] == 0, result.get("stderr_tail")
+    assert qlora["trainable"] == lora["trainable"]  # the same adapter on both
+    assert qlora["peak_rss_mib"] < lora["peak_rss_mib"], (lora, qlora)
