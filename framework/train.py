@@ -249,8 +249,11 @@ def rebuild_with_state(run: Run, state: dict[str, Any], prefix: str = "model.") 
     base, _ = run.build_base()
     fresh = run.hook.tunesmith_apply_method(name=method, model=base, cfg=run.cfg)
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = fresh.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if k in dict(fresh.named_parameters())]:
+    try:
+        missing, unexpected = fresh.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shapes differ: the weights were still sharded
+        missing, unexpected = [str(exc)[:200]], []
+    if unexpected or [k for k in missing if k not in dict(fresh.named_buffers())]:
         raise ConfigError(
             "The gathered weights do not fit the rebuilt model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}).",

@@ -194,3 +194,17 @@ def test_pretrain_objective_learns_every_token_of_plain_text(make_cfg, alpaca_fi
     )
     assert run.tokenizer.decode(text["input_ids"], skip_special_tokens=True) == "Paris is big."
     assert mean_loss(run.model, run) < mean_loss(run.build_base()[0], run)
+
+
+def test_callback_and_logger_presets_combine(tmp_path: Path) -> None:
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        ["callbacks=[early_stopping,best_k]", "logger=[tensorboard,mlflow,wandb]"],
+        run_dir=tmp_path / "run",
+    )
+    assert cfg.callbacks.model_checkpoint.monitor == "val/loss"
+    assert cfg.callbacks.early_stopping.monitor == "val/loss"
+    assert set(cfg.logger) == {"csv", "tensorboard", "mlflow", "wandb"}
+    assert cfg.logger.wandb.offline is True
+    assert cfg.logger.mlflow.tracking_uri == f"file:{tmp_path / 'run'}/mlruns"
