@@ -103,12 +103,25 @@ class FineTuneModule(pl.LightningModule):
         warmup = optim.get("warmup_steps")
         if warmup is None:
             warmup = int(float(optim.get("warmup_ratio", 0.0)) * total)
-        scheduler = get_scheduler(
-            str(optim.scheduler),
-            optimizer,
-            num_warmup_steps=int(warmup),
-            num_training_steps=max(total, 1),
-        )
+        name = str(optim.scheduler)
+        if name == "constant" and int(warmup) > 0:
+            name = "constant_with_warmup"  # transformers' "constant" ignores the warm-up
+        try:
+            scheduler = get_scheduler(
+                name,
+                optimizer,
+                num_warmup_steps=int(warmup),
+                num_training_steps=max(total, 1),
+            )
+        except ValueError as exc:
+            from framework.errors import ConfigError
+
+            raise ConfigError(
+                f"Unknown learning-rate schedule '{name}': {exc}",
+                where="optim.scheduler",
+                hint="constant | linear | cosine | cosine_with_restarts | polynomial | "
+                "inverse_sqrt (transformers.get_scheduler names)",
+            ) from exc
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
