@@ -120,6 +120,7 @@ def answer_loss(
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
+            logits = logits[:, -batch["labels"].shape[1] :]  # prompt tuning prepends virtual tokens
             targets = batch["labels"][:, 1:]
             mask = targets != IGNORE_INDEX
             total += float(

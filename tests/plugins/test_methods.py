@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def test_method_trains_lowers_the_loss_and_reloads_to_the_same_outputs(
     # model that went through validations and checkpoints drifts by ~1e-3 from a fresh load.
     tol = 1e-2 if method == "qlora" else 1e-5
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+    # the evaluate stage scores the tuned model too (virtual tokens are not scored)
+    from framework.data import load_splits
+    from framework.evaluation import answer_loss
+
+    total, count = answer_loss(reloaded, run.tokenizer, load_splits(run)["val"], cfg)
+    assert count > 0 and math.isfinite(total)
 
     summary = json.loads((run.dir / "train_summary.json").read_text())
     assert summary["method"] == method and summary["status"] == "finished"
