@@ -209,3 +209,14 @@ def test_callback_and_logger_presets_combine(tmp_path: Path) -> None:
     assert set(cfg.logger) == {"csv", "tensorboard", "mlflow", "wandb"}
     assert cfg.logger.wandb.offline is True
     assert cfg.logger.mlflow.tracking_uri == f"file:{tmp_path / 'run'}/mlruns"
+
+
+def test_a_logger_that_cannot_be_built_is_a_config_error(make_cfg) -> None:
+    from framework.errors import ConfigError
+    from framework.train import build_trainer
+    from tests.helpers import new_run
+
+    cfg = make_cfg(*TINY, "+logger.broken._target_=no_such_package.Logger")
+    with pytest.raises(ConfigError) as err:
+        build_trainer(new_run(cfg))
+    assert "logger.broken" in str(err.value) and "logger.broken=null" in str(err.value)

@@ -279,3 +279,19 @@ def test_qlora_on_smollm2_peaks_below_lora(tmp_path: Path) -> None:
         assert result["returncode"] == 0, result.get("stderr_tail")
     assert qlora["trainable"] == lora["trainable"]  # the same adapter on both
     assert qlora["peak_rss_mib"] < lora["peak_rss_mib"], (lora, qlora)
+
+
+def test_qlora_config_mistakes_are_named(make_cfg) -> None:
+    from framework.errors import ModelError
+    from framework.quantization import bnb_config
+    from tests.helpers import new_run
+
+    with pytest.raises(ConfigError, match="Did you mean 'bnb_4bit_quant_type'"):
+        bnb_config({"load_in_4bit": True, "bnb_4bit_quant_typ": "nf4"})
+    with pytest.raises(ConfigError, match="neither in 4-bit nor in 8-bit"):
+        bnb_config({"load_in_4bit": False})
+    cfg = make_cfg(*TINY, "method=qlora")
+    run = new_run(cfg)
+    plain, _ = run.build_base(method_load=False)  # a model plugin that ignored the 4-bit load
+    with pytest.raises(ModelError, match="needs a quantized base model"):
+        run.hook.tunesmith_apply_method(name="qlora", model=plain, cfg=cfg)
