@@ -45,7 +45,8 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     parts = _decoder_and_head(model)
     if parts is None:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits[:, :-1]
+        # prompt tuning prepends virtual tokens to the outputs: keep the input positions
+        logits = out.logits[:, -labels.shape[1] : -1]
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         return F.cross_entropy(logits[mask].float(), targets[mask])

@@ -55,6 +55,12 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.human_eval",
     "plugins.exports.adapter",
     "plugins.serve_stages",
+    "plugins.methods.freeze",
+    "plugins.methods.dora",
+    "plugins.methods.ia3",
+    "plugins.methods.prompt_tuning",
+    "plugins.methods.prefix_tuning",
+    "plugins.methods.qlora",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework.distributed import EVERY_RANK_STAGES, is_global_zero
 from framework.errors import ConfigError
 from framework.manager import build_plugin_manager
 from framework.run import Run
@@ -48,6 +49,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     # run_state.json, run again every time, and leave the run's config.yaml as it was.
     sessions = set(plugins.names("session"))
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
+    if not is_global_zero():
+        return run_as_worker(run, stages)
     config_path = run_dir / "config.yaml"
     if any(s not in sessions for s in stages) or not config_path.exists():
         config_path.write_text(run.resolved_config(), encoding="utf-8")
@@ -78,6 +81,19 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         if stage == recorded[-1]:
             run.mark(status="finished")
             plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+    return run.metrics
+
+
+def run_as_worker(run: Run, stages: list[str]) -> dict[str, Any]:
+    """A process of rank > 0 under a multi-process strategy: join the training stages only.
+
+    Rank 0 prepared the data before it started this process, and saves, evaluates and
+    exports after training; this process writes nothing to the run's state.
+    """
+    seed_everything(int(run.cfg.seed))
+    for stage in stages:
+        if stage in EVERY_RANK_STAGES:
+            run.plugins.hook.tunesmith_run_stage(name=stage, run=run)
     return run.metrics
 
 

@@ -126,11 +126,25 @@ class Run:
         write_json(self.dir / STATE_FILE, state)
 
     # ----------------------------------------------------------------- model
-    def build_base(self) -> tuple[Any, Any]:
-        """Build a fresh base model and tokenizer through the ``tunesmith_build_model`` hook."""
+    def build_base(self, method_load: bool = True) -> tuple[Any, Any]:
+        """Build a fresh base model and tokenizer through the ``tunesmith_build_model`` hook.
+
+        Args:
+            method_load: load the base the way the run's method asks
+                (``tunesmith_model_load_kwargs``: e.g. 4-bit for ``method=qlora``); ``False``
+                loads it plainly (e.g. to merge an adapter into full-precision weights).
+        """
+        from framework.models import method_load_kwargs
+
         name = str(self.cfg.model.name)
         self.plugins.require("model", name)
-        result = self.hook.tunesmith_build_model(name=name, cfg=self.cfg)
+        load_kwargs = None
+        if method_load:
+            load_kwargs = self.hook.tunesmith_model_load_kwargs(
+                name=str(self.cfg.method.name), cfg=self.cfg
+            )
+        with method_load_kwargs(load_kwargs):
+            result = self.hook.tunesmith_build_model(name=name, cfg=self.cfg)
         if result is None:
             raise TunesmithError(f"The plugin serving model '{name}' returned nothing.")
         return result
