@@ -147,7 +147,7 @@ def merged_model(run: Run) -> tuple[Any, Any]:
     base_run = dataclasses.replace(
         run, cfg=base_cfg, model=None, tokenizer=None, trained=False, metrics={}
     )
-    base, base_tok = base_run.build_base()
+    base, base_tok = base_run.build_base(method_load=False)
     if is_quantized(base):
         raise ModelError(
             f"The base model for the merge came out quantized although "
