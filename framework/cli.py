@@ -1,25 +1,45 @@
-"""The Hydra application behind run.py: compose, run the stages, report errors plainly."""
+"""The Hydra application behind run.py: check, compose, run the stages, report errors plainly.
+
+Every error a user can cause ends as one short message on stderr and a non-zero exit
+status, never a traceback:
+
+* 2: bad input (config, data, model folder, environment): a ``TunesmithError``, or a Hydra /
+  OmegaConf config error rephrased by :mod:`framework.config_check`;
+* 3: training diverged (NaN/inf loss);
+* 130 / 143: interrupted by Ctrl-C / SIGTERM (a checkpoint was saved; re-run to continue).
+
+The full traceback is shown with ``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from framework.errors import TunesmithError
+from framework.errors import ConfigError, TunesmithError
 from framework.resolvers import ROOT_DIR, register_resolvers
 
 log = logging.getLogger("tunesmith")
 
 CONFIG_DIR = str(ROOT_DIR / "conf")
+DEBUG_ENV = "TUNESMITH_DEBUG"
+
+#: Errors of the environment a user can fix (disk, permissions), reported without a traceback.
+ENV_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
 
 
 def debug_enabled() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TUNESMITH_DEBUG") == "1"
+    """Whether the user asked for full tracebacks (``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get(DEBUG_ENV) == "1"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -40,20 +60,99 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     return None if node is None else float(node)
 
 
+def _log_to_files(message: str) -> None:
+    """Put ``message`` in the run's log file only (the console gets it once, from main)."""
+    record = logging.LogRecord("tunesmith", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except TunesmithError as err:
-        if debug_enabled():
-            raise
-        log.error("%s", err.format())
-        print(f"\nerror: {err.format()}", file=sys.stderr)
-        sys.exit(2)
+        _log_to_files(err.format())
+        raise
     return optimized_value(cfg, metrics)
+
+
+def as_user_error(exc: BaseException) -> TunesmithError | None:
+    """The :class:`TunesmithError` to show for ``exc``, or ``None`` if it is a bug."""
+    from hydra.errors import HydraException
+
+    from framework.config_check import explain
+
+    if isinstance(exc, TunesmithError):
+        return exc
+    if isinstance(exc, HydraException | OmegaConfBaseException):
+        return explain(exc)
+    if isinstance(exc, ValueError) and _raised_by_hydra(exc):  # e.g. conflicting flags
+        return ConfigError(str(exc), hint="python run.py --hydra-help lists Hydra's flags.")
+    if isinstance(exc, OSError) and exc.errno in ENV_ERRNOS:
+        from framework.run import SaveError, describe_disk
+
+        where = exc.filename or None
+        disk = describe_disk(os.path.dirname(str(where))) if where else ""
+        return SaveError(
+            f"Cannot write {where or 'a file'}: {exc.strerror}",
+            where=f"{where} ({disk})" if where and disk else where,
+            hint="free disk space or fix the permissions, or write elsewhere with "
+            "paths.output_dir=... (or TUNESMITH_OUTPUT=...).",
+        )
+    return None
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and f"{os.sep}hydra{os.sep}" in last.tb_frame.f_code.co_filename
+
+
+def report(err: TunesmithError) -> int:
+    """Print ``err`` for the user; return the exit status."""
+    from framework.stops import RunInterrupted
+
+    print(f"\nerror: {err.format()}", file=sys.stderr, flush=True)
+    if not isinstance(err, RunInterrupted):
+        print(f"(for the full traceback: HYDRA_FULL_ERROR=1 or {DEBUG_ENV}=1)", file=sys.stderr)
+    return int(getattr(err, "exit_code", 2))
+
+
+@contextmanager
+def hydra_raises() -> Iterator[None]:
+    """Let Hydra raise errors instead of printing them, so they can be rephrased here."""
+    old = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = old
 
 
 def main() -> None:
     """Console entry point (``python run.py``)."""
     register_resolvers()
-    hydra_main()
+    debug = debug_enabled()
+    try:
+        from framework.config_check import check_command_line
+
+        check_command_line(sys.argv[1:], CONFIG_DIR)
+        with hydra_raises():
+            hydra_main()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\nInterrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        err = as_user_error(exc)
+        if err is None or debug:
+            raise
+        sys.exit(report(err))

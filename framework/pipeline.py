@@ -1,19 +1,63 @@
-"""The pipeline: build the plugin manager, then run each stage of ``cfg.stages`` in order."""
+"""The pipeline: build the plugin manager, then run each stage of ``cfg.stages`` in order.
+
+Re-running a command finds the same run directory, and :func:`plan_stages` decides what to
+do with what is already there:
+
+* an unfinished run (interrupted, killed, failed) continues: stages already done are
+  skipped and training resumes from ``last.ckpt``;
+* a finished run is never silently overwritten. The same command again only says it is
+  finished; a larger ``trainer.max_steps`` / ``trainer.max_epochs`` *extends* it (training
+  continues from its last checkpoint, then the later stages run again); changed
+  ``evaluator.*`` / ``export.*`` settings re-run those stages; any other change is refused
+  with the ways to start a new run;
+* ``force=true`` starts the run over in place.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, TunesmithError
 from framework.manager import build_plugin_manager
-from framework.run import Run
+from framework.run import (
+    STATE_FILE,
+    Run,
+    SaveError,
+    check_writable,
+    read_checkpoint_note,
+    remove_stale_temps,
+    run_lock,
+    write_text,
+)
+from framework.stops import RunInterrupted
 
 log = logging.getLogger(__name__)
+
+#: Keys whose change says nothing about the run's result (never blocks a re-run).
+HARMLESS_KEYS = (
+    "force",
+    "stages",
+    "paths.",
+    "plugins",
+    "callbacks.",
+    "logger.",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+)
+#: Keys that set how long training runs: raising them extends a finished run.
+BUDGET_KEYS = ("trainer.max_steps", "trainer.max_epochs")
+#: Keys that only a later stage reads: changing them re-runs that stage.
+STAGE_KEYS = {"evaluator.": "evaluate", "export.": "export"}
 
 
 def seed_everything(seed: int) -> None:
@@ -22,6 +66,191 @@ def seed_everything(seed: int) -> None:
     from lightning.pytorch import seed_everything as _seed
 
     _seed(seed, workers=True, verbose=False)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two resolved configs (harmless ones left out)."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(HARMLESS_KEYS) or key in HARMLESS_KEYS:
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changed.append(key)
+    return changed
+
+
+def _saved_config(run: Run) -> dict[str, Any] | None:
+    path = run.dir / "config.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def checkpoint_dir(run: Run) -> Path:
+    """Where the run's ``last.ckpt`` lives (the checkpoint callback's ``dirpath``)."""
+    node = OmegaConf.select(run.cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(str(node)) if node else run.dir / "checkpoints"
+
+
+def trained_steps(run: Run) -> int | None:
+    """The step of the run's last checkpoint (from ``last.json``), if there is one."""
+    info = read_checkpoint_note(checkpoint_dir(run))
+    return None if info is None else int(info.get("step", 0))
+
+
+def _epoch_limit(trainer: dict[str, Any]) -> float:
+    epochs = trainer.get("max_epochs")
+    steps = trainer.get("max_steps", -1)
+    if epochs is None:  # Lightning's default: 1000 epochs unless max_steps is set
+        return float("inf") if steps not in (None, -1) else 1000
+    return float("inf") if int(epochs) == -1 else int(epochs)
+
+
+def budget_extends(saved: dict[str, Any], current: dict[str, Any], step: int | None) -> bool:
+    """Whether ``current``'s training budget reaches beyond where the saved run stopped."""
+    old_t, new_t = saved.get("trainer") or {}, current.get("trainer") or {}
+    new_steps = int(new_t.get("max_steps", -1) or -1)
+    old_steps = int(old_t.get("max_steps", -1) or -1)
+    if new_steps > 0 and step is not None and new_steps <= step:
+        return False
+    stopped_by_steps = old_steps > 0 and step is not None and step >= old_steps
+    if stopped_by_steps:
+        return new_steps <= 0 or new_steps > step
+    return _epoch_limit(new_t) > _epoch_limit(old_t)
+
+
+def _how_to_go_on(run: Run) -> str:
+    return (
+        "to start a new run, give it a name: run_name=<new name> (or hydra.run.dir=<dir>); "
+        "to extend this one, raise the training budget (e.g. trainer.max_epochs=N or "
+        "trainer.max_steps=N: training continues from its last checkpoint); "
+        "to redo it from scratch in place, add force=true."
+    )
+
+
+def plan_stages(run: Run, stages: list[str]) -> list[str]:
+    """The stages to run now, given what the run directory already holds.
+
+    Returns:
+        The stages to run, in order; empty when the run is finished and nothing asks for more.
+
+    Raises:
+        ConfigError: the directory holds a finished run made with a different config.
+    """
+    cfg = run.cfg
+    state = run.state()
+    status, done = state["status"], list(state["stages_done"])
+    if cfg.get("force", False):
+        if status != "new":
+            log.warning("force=true: starting %s over (checkpoints removed)", run.dir)
+            shutil.rmtree(checkpoint_dir(run), ignore_errors=True)
+            (run.dir / STATE_FILE).unlink(missing_ok=True)
+        return stages
+    if status == "new":
+        return stages
+
+    saved = _saved_config(run)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(current, dict)
+    changed = config_changes(saved, current) if saved is not None else []
+    budget = [k for k in changed if k in BUDGET_KEYS]
+    by_stage = {
+        stage: [k for k in changed if k.startswith(prefix)] for prefix, stage in STAGE_KEYS.items()
+    }
+    other = [k for k in changed if k not in budget and not any(k in ks for ks in by_stage.values())]
+    step = trained_steps(run)
+
+    rerun: set[str] = {s for s in stages if s not in done}
+    extends = status != "finished" or (saved is not None and budget_extends(saved, current, step))
+    if budget and "train" in stages and extends:
+        rerun.add("train")
+    for stage, keys in by_stage.items():
+        if keys and stage in stages:
+            rerun.add(stage)
+
+    if status == "finished":
+        if other:
+            raise ConfigError(
+                "This run directory holds a finished run made with a different config "
+                f"(changed: {', '.join(other[:8])}{' ...' if len(other) > 8 else ''}). "
+                "Nothing was overwritten.",
+                where=str(run.dir),
+                hint=_how_to_go_on(run),
+            )
+        if not rerun:
+            at = f" after {step} training steps" if step is not None else ""
+            why = ""
+            if budget:
+                why = (
+                    f"\n  The new budget ({', '.join(f'{k}={OmegaConf.select(cfg, k)}' for k in budget)}) "
+                    "does not go beyond what it already trained."
+                )
+            log.warning(
+                "This run is already finished%s: %s%s\n  Nothing was redone or overwritten; "
+                "its results are in metrics.json there.\n  What next: %s",
+                at,
+                run.dir,
+                why,
+                _how_to_go_on(run),
+            )
+            return []
+    elif other:
+        log.warning(
+            "Continuing an unfinished run whose config changed since it started: %s",
+            ", ".join(other),
+        )
+
+    # Once a stage runs again, every later stage runs again too (it reads the earlier output).
+    first = min((stages.index(s) for s in rerun), default=len(stages))
+    plan = stages[first:]
+    if status == "finished":
+        if "train" in plan and "train" in rerun and budget:
+            log.info(
+                "Extending the finished run %s: training continues from its last checkpoint "
+                "(step %s) with %s.",
+                run.dir,
+                step,
+                ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in budget),
+            )
+        else:
+            log.info("Re-running %s of the finished run %s (changed: %s).", plan, run.dir, changed)
+    else:
+        skipped = [s for s in stages[:first]]
+        log.info(
+            "Continuing the %s run in %s%s%s.",
+            {"running": "killed", "failed": "stopped"}.get(status, status),
+            run.dir,
+            f" (already done: {', '.join(skipped)})" if skipped else "",
+            f"; its last checkpoint is at step {step}" if step is not None else "",
+        )
+    return plan
+
+
+def _interruption(exc: BaseException) -> TunesmithError | None:
+    """A :class:`RunInterrupted` for a Lightning ``SIGTERMException`` or a forced Ctrl-C exit."""
+    if not isinstance(exc, SystemExit | KeyboardInterrupt):
+        return None
+    import signal
+
+    sigterm = type(exc).__name__ == "SIGTERMException"
+    signum = signal.SIGTERM if sigterm else signal.SIGINT
+    return RunInterrupted(
+        f"The run was stopped by {'SIGTERM' if sigterm else 'Ctrl-C'}.",
+        hint="re-run the same command to continue from the last checkpoint.",
+        signum=signum,
+    )
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
@@ -33,10 +262,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             directory for the job).
 
     Returns:
-        The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate).
+        The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate);
+        for a finished run that had nothing to do, the metrics it saved.
+
+    Raises:
+        TunesmithError: bad input; :class:`framework.resilience.RunInterrupted` when a signal
+            stopped training after saving a checkpoint.
     """
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
     stages = [str(s) for s in cfg.stages]
     if not stages:
@@ -45,26 +279,32 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         plugins.require("stage", stage)
 
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
-    (run_dir / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
-    seed_everything(int(cfg.seed))
-    state = run.state()
-    if state["status"] == "finished" and not cfg.get("force", False):
-        done = [s for s in stages if s in state["stages_done"]]
-        if done == stages:
-            log.warning(
-                "This run is already finished: %s\n  Nothing was overwritten. To start a new run, "
-                "pick another directory (hydra.run.dir=... or change an override); to redo "
-                "its stages in place, add force=true.",
-                run_dir,
-            )
+    with run_lock(run_dir):
+        remove_stale_temps(run_dir)
+        plan = plan_stages(run, stages)
+        if not plan:
             return run.saved_metrics()
-        stages = [s for s in stages if s not in done]
-    run.mark(status="running")
-    for stage in stages:
-        log.info("stage: %s", stage)
-        plugins.hook.tunesmith_run_stage(name=stage, run=run)
-        run.mark(stage=stage)
-    run.mark(status="finished")
+        try:
+            write_text(run_dir / "config.yaml", run.resolved_config())
+        except OSError as exc:
+            raise SaveError(f"Cannot write the run's config: {exc}", where=str(run_dir)) from exc
+        seed_everything(int(cfg.seed))
+        run.mark(status="running", undo=plan, error=None)
+        try:
+            for stage in plan:
+                log.info("stage: %s", stage)
+                plugins.hook.tunesmith_run_stage(name=stage, run=run)
+                run.mark(stage=stage)
+        except BaseException as exc:
+            interrupted = _interruption(exc)
+            if interrupted is not None or isinstance(exc, RunInterrupted):
+                run.mark(status="interrupted", error=str(interrupted or exc).splitlines()[0])
+                if interrupted is not None:
+                    raise interrupted from exc
+            else:
+                run.mark(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+        run.mark(status="finished")
     plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
     return run.metrics
 

@@ -1,0 +1,298 @@
+"""Lightning callbacks that make training survive interruptions and stop on divergence.
+
+* :class:`SaveOnInterrupt`: Ctrl-C (SIGINT) or SIGTERM (pre-emption, ``kill``, a scheduler
+  ending the job) finishes the current step, saves ``last.ckpt`` and stops with
+  :class:`RunInterrupted`; re-running the same command continues from that step. A second
+  Ctrl-C stops at once.
+* :class:`StopOnNonFiniteLoss`: a loss (or, outside fp16 loss scaling, a gradient) that
+  becomes NaN or infinite stops the run *before* the optimizer step, so no checkpoint with
+  broken weights is written; the message says what to change.
+* :class:`ResumeState`: stores the random-number generators in every checkpoint, restores
+  them on resume, and says that the run resumed and from which step.
+
+``conf/callbacks/default.yaml`` enables all three; set one to ``null`` to drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from framework.stops import RunInterrupted, TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+def checkpoint_callback(trainer: pl.Trainer) -> Any:
+    """The trainer's ``ModelCheckpoint`` (the one that writes ``last.ckpt``), or ``None``."""
+    return getattr(trainer, "checkpoint_callback", None)
+
+
+def save_last(trainer: pl.Trainer) -> Path | None:
+    """Save ``last.ckpt`` now, through the checkpoint callback; ``None`` if there is none."""
+    cb = checkpoint_callback(trainer)
+    if cb is None or not getattr(cb, "dirpath", None):
+        return None
+    if hasattr(cb, "save_last_now"):
+        return cb.save_last_now(trainer)
+    path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+def last_good_checkpoint(trainer: pl.Trainer) -> tuple[Path | None, int | None]:
+    """``(path, step)`` of the newest checkpoint on disk for this run, if any."""
+    from framework.run import read_checkpoint_note
+
+    cb = checkpoint_callback(trainer)
+    if cb is None or not getattr(cb, "dirpath", None):
+        return None, None
+    last = Path(cb.dirpath) / "last.ckpt"
+    if not last.exists():
+        return None, None
+    info = read_checkpoint_note(Path(cb.dirpath)) or {}
+    return last, info.get("step")
+
+
+class SaveOnInterrupt(pl.Callback):
+    """On SIGINT/SIGTERM: finish the step, save ``last.ckpt``, stop with :class:`RunInterrupted`.
+
+    The handlers are installed for the duration of ``trainer.fit`` only; outside it a
+    signal behaves as usual (Ctrl-C raises ``KeyboardInterrupt``).
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._active = False
+        self._signum: int | None = None
+        self._saved_step: int | None = None
+
+    # -------------------------------------------------------------- handlers
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        self._active = True
+
+    def _restore(self) -> None:
+        self._active = False
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self._active:  # fit is over: behave as if we were never installed
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        if self._signum is not None and signum == signal.SIGINT:
+            self._restore()
+            print("\nSecond Ctrl-C: stopping now, without saving.", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        self._signum = signum
+        print(
+            f"\n{SIGNAL_NAMES.get(signum, signum)} received: saving a checkpoint at the end of "
+            "this step, then stopping (Ctrl-C again stops at once, without saving).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    # -------------------------------------------------------------- hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._signum = None
+            self._install()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning's own SIGTERM handling can stop at an epoch end; make sure that step is saved.
+        if self._signum is not None and self._saved_step != trainer.global_step:
+            self._save(trainer)
+        self._restore()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        if self._signum is not None:
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._signum is not None:  # the signal came during the last validation
+            self._stop(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> Path | None:
+        path = save_last(trainer)
+        self._saved_step = trainer.global_step
+        return path
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        signum = int(self._signum or signal.SIGINT)
+        path = self._save(trainer)
+        step = trainer.global_step
+        limit = f" of {trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        saved = f"Saved {path}." if path else "No checkpoint callback is configured: nothing saved."
+        raise RunInterrupted(
+            f"Training was interrupted by {SIGNAL_NAMES.get(signum, signum)} at step {step}{limit} "
+            f"(epoch {trainer.current_epoch}). {saved}",
+            where=str(path) if path else None,
+            hint=f"re-run the same command to continue from step {step}.",
+            signum=signum,
+        )
+
+
+class StopOnNonFiniteLoss(pl.Callback):
+    """Stop when the loss (or a gradient) is NaN/inf, before it reaches the weights.
+
+    Args:
+        check_gradients: also check the gradients before each optimizer step (skipped under
+            ``16-mixed`` precision, where the loss scaler handles overflowing steps itself).
+    """
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        self.check_gradients = check_gradients
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise self._diverged(trainer, f"the training loss became {float(loss.detach())}")
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if not self.check_gradients or "16" in str(trainer.precision).replace("bf16", ""):
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise self._diverged(trainer, "the gradients became NaN or infinite")
+
+    @staticmethod
+    def _diverged(trainer: pl.Trainer, what: str) -> TrainingDiverged:
+        step = trainer.global_step
+        lr = None
+        if trainer.optimizers:
+            lr = trainer.optimizers[0].param_groups[0].get("lr")
+        path, good_step = last_good_checkpoint(trainer)
+        if path is not None:
+            kept = f"The last good checkpoint is kept: {path}" + (
+                f" (step {good_step})." if good_step is not None else "."
+            )
+        else:
+            kept = "No checkpoint had been saved yet (save more often with callbacks.model_checkpoint.every_n_train_steps=N)."
+        clip = trainer.gradient_clip_val
+        hints = [
+            f"lower the learning rate (optim.lr={lr:.3g} now; try a tenth)"
+            if isinstance(lr, float) and math.isfinite(lr)
+            else "lower the learning rate (optim.lr=...)",
+            f"use a more stable precision (trainer.precision={trainer.precision} now; "
+            "32-true, or bf16-mixed on GPUs that support it)",
+            "turn gradient clipping on (trainer.gradient_clip_val=1.0)"
+            if not clip
+            else f"clip gradients harder (trainer.gradient_clip_val={clip} now)",
+            "add warm-up (optim.warmup_ratio=0.1)",
+            "check the data for empty, garbled or extremely long examples "
+            "(data/report.json, data/rejects.jsonl in the run directory)",
+        ]
+        return TrainingDiverged(
+            f"Training stopped: {what} at step {step + 1} (epoch {trainer.current_epoch}); "
+            f"no optimizer step was taken with it. {kept}",
+            where=f"step {step + 1}, epoch {trainer.current_epoch}",
+            hint="; ".join(hints) + ".",
+        )
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": [int(x) for x in np_state[1]],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state(
+            (
+                "MT19937",
+                np.array(s["keys"], dtype=np.uint32),
+                s["pos"],
+                s["has_gauss"],
+                s["cached_gaussian"],
+            )  # fmt: skip
+        )
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(pl.Callback):
+    """Random-number state in every checkpoint, restored on resume; says where it resumed."""
+
+    def __init__(self) -> None:
+        self._pending_rng: dict[str, Any] | None = None
+        self._resumed: dict[str, Any] | None = None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["tunesmith"] = {"rng": _rng_state()}
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._pending_rng = (checkpoint.get("tunesmith") or {}).get("rng")
+        self._resumed = {"step": int(checkpoint.get("global_step", 0)),
+                         "epoch": int(checkpoint.get("epoch", 0))}  # fmt: skip
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._resumed is None or not trainer.ckpt_path:
+            return
+        step = trainer.global_step
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        where = f"epoch {trainer.current_epoch}" + (f", batch {batch}" if batch else "")
+        limit = f"; training continues to step {trainer.max_steps}" if trainer.max_steps > 0 else ""
+        log.info("Resumed from %s at step %d (%s)%s.", trainer.ckpt_path, step, where, limit)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Restored here, not at load time: building the data iterator draws random numbers.
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
