@@ -152,6 +152,6 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if self.dirpath is None:
             raise TunesmithError("The checkpoint callback has no directory yet.")
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        self.last_model_path = str(path)  # before saving: the saved state must name it
         self._save_checkpoint(trainer, str(path))
-        self.last_model_path = str(path)
         return path

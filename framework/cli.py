@@ -68,13 +68,30 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+#: A single run's error, kept here so that main() reports it (Hydra would print a banner).
+_pending: list[TunesmithError] = []
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except TunesmithError as err:
         _log_to_files(err.format())
-        raise
+        if _multirun():  # Hydra names the failing job's overrides, then main() reports it
+            raise
+        _pending.append(err)
+        return None
     return optimized_value(cfg, metrics)
 
 
@@ -146,6 +163,8 @@ def main() -> None:
         check_command_line(sys.argv[1:], CONFIG_DIR)
         with hydra_raises():
             hydra_main()
+        if _pending:
+            raise _pending.pop()
     except KeyboardInterrupt:
         if debug:
             raise

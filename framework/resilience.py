@@ -7,8 +7,9 @@
 * :class:`StopOnNonFiniteLoss`: a loss (or, outside fp16 loss scaling, a gradient) that
   becomes NaN or infinite stops the run *before* the optimizer step, so no checkpoint with
   broken weights is written; the message says what to change.
-* :class:`ResumeState`: stores the random-number generators in every checkpoint, restores
-  them on resume, and says that the run resumed and from which step.
+* :class:`ResumeState`: on resume, puts the data loader back at the saved position (see
+  :func:`restore_data_position`), restores the random-number generators saved in every
+  checkpoint, and says that the run resumed and from which step.
 
 ``conf/callbacks/default.yaml`` enables all three; set one to ``null`` to drop it.
 """
@@ -261,8 +262,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def restore_data_position(trainer: pl.Trainer) -> bool:
+    """Give the train data loaders the position saved in the checkpoint; ``True`` if done.
+
+    Lightning restores stateful loaders only when it builds them after the checkpoint is
+    loaded. When ``configure_optimizers`` asks for ``trainer.estimated_stepping_batches``
+    (tunesmith's module does, for the schedule), the loaders are built earlier and the saved
+    position is left pending; it is applied here, before the first batch is drawn.
+    """
+    fit_loop = trainer.fit_loop
+    pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    combined = getattr(fit_loop, "_combined_loader", None)
+    if not pending or combined is None:
+        return False
+    combined._load_state_dicts(pending)
+    fit_loop._combined_loader_states_to_load = []
+    return True
+
+
 class ResumeState(pl.Callback):
-    """Random-number state in every checkpoint, restored on resume; says where it resumed."""
+    """Data position and random-number state restored on resume; says where it resumed."""
 
     def __init__(self) -> None:
         self._pending_rng: dict[str, Any] | None = None
@@ -283,6 +302,7 @@ class ResumeState(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed is None or not trainer.ckpt_path:
             return
+        restore_data_position(trainer)
         step = trainer.global_step
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         where = f"epoch {trainer.current_epoch}" + (f", batch {batch}" if batch else "")
