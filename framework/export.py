@@ -20,7 +20,7 @@ def export(run: Run) -> list[Path]:
         with atomic_path(target) as tmp:
             tmp.mkdir()
             run.hook.tunesmith_export(name=fmt, run=run, path=tmp)
-        (target / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
+            (tmp / "config.yaml").write_text(run.resolved_config(), encoding="utf-8")
         log.info("exported %s -> %s", fmt, target)
         written.append(target)
     return written
