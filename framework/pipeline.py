@@ -60,12 +60,18 @@ BUDGET_KEYS = ("trainer.max_steps", "trainer.max_epochs")
 STAGE_KEYS = {"evaluator.": "evaluate", "export.": "export"}
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (through Lightning) for a reproducible run."""
-    random.seed(seed)
-    from lightning.pytorch import seed_everything as _seed
+def seed_everything(seed: int, torch: bool = True) -> None:
+    """Seed Python, NumPy and torch (through Lightning) for a reproducible run.
 
-    _seed(seed, workers=True, verbose=False)
+    Args:
+        seed: the seed.
+        torch: also seed NumPy and torch (imports them; a prepare-only run does without).
+    """
+    random.seed(seed)
+    if torch:
+        from lightning.pytorch import seed_everything as _seed
+
+        _seed(seed, workers=True, verbose=False)
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -270,6 +276,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             stopped training after saving a checkpoint.
     """
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
+    from framework.config_check import missing_values
+
+    missing = [k for k in missing_values(cfg) if not k.startswith("hydra.")]
+    if missing:
+        raise ConfigError(
+            f"These config values must be given (they are ??? in the config): {', '.join(missing)}.",
+            where=missing[0],
+            hint=f"add {missing[0]}=<value> to the command.",
+        )
     check_writable(run_dir)
     plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
     stages = [str(s) for s in cfg.stages]
@@ -288,7 +303,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             write_text(run_dir / "config.yaml", run.resolved_config())
         except OSError as exc:
             raise SaveError(f"Cannot write the run's config: {exc}", where=str(run_dir)) from exc
-        seed_everything(int(cfg.seed))
+        seed_everything(int(cfg.seed), torch=plan != ["prepare"])
         run.mark(status="running", undo=plan, error=None)
         try:
             for stage in plan:
