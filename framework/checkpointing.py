@@ -5,8 +5,9 @@
   during a save leaves the previous checkpoint as it was. It loads with
   ``torch.load(weights_only=True)``.
 * :class:`AtomicModelCheckpoint` is Lightning's ``ModelCheckpoint`` that installs that IO
-  on the trainer, checks up front that its directory is writable, and keeps a small
-  ``last.json`` beside ``last.ckpt`` (step, epoch, time) that tunesmith reads without
+  on the trainer, checks up front that its directory is writable, saves ``last.ckpt`` at
+  the step that reaches ``max_steps`` (so a larger budget continues mid-epoch), and keeps a
+  small ``last.json`` beside ``last.ckpt`` (step, epoch, time) that tunesmith reads without
   loading the checkpoint. ``conf/callbacks/default.yaml`` selects it.
 """
 
@@ -140,6 +141,21 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.dirpath and trainer.is_global_zero:
             check_writable(Path(self.dirpath), what="checkpoints")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        # The step that reaches max_steps is saved here, in the middle of its epoch, so that
+        # extending the run (a larger max_steps) continues the epoch where it stopped.
+        # Lightning would otherwise save at the epoch end it forces, and resume in the wrong epoch.
+        reached = 0 < trainer.max_steps <= trainer.global_step
+        if (
+            reached
+            and self.save_last
+            and self._last_global_step_saved != trainer.global_step
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+        ):
+            self.save_last_now(trainer)
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

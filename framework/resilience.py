@@ -174,7 +174,9 @@ class StopOnNonFiniteLoss(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
         if not bool(torch.isfinite(loss.detach()).all()):
-            raise self._diverged(trainer, f"the training loss became {float(loss.detach())}")
+            raise self._diverged(
+                trainer, pl_module, f"the training loss became {float(loss.detach())}"
+            )
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -183,14 +185,22 @@ class StopOnNonFiniteLoss(pl.Callback):
             return
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise self._diverged(trainer, "the gradients became NaN or infinite")
+            raise self._diverged(trainer, pl_module, "the gradients became NaN or infinite")
 
     @staticmethod
-    def _diverged(trainer: pl.Trainer, what: str) -> TrainingDiverged:
+    def _diverged(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, what: str
+    ) -> TrainingDiverged:
         step = trainer.global_step
-        lr = None
-        if trainer.optimizers:
-            lr = trainer.optimizers[0].param_groups[0].get("lr")
+        now = trainer.optimizers[0].param_groups[0].get("lr") if trainer.optimizers else None
+        cfg = getattr(pl_module, "cfg", None)
+        base = cfg.optim.get("lr") if cfg is not None and "optim" in cfg else None
+        if base is not None:
+            lr_hint = f"lower the learning rate (optim.lr={float(base):.3g}; try a tenth)"
+            if isinstance(now, float) and not math.isclose(now, float(base)):
+                lr_hint = lr_hint[:-1] + f"; the schedule had it at {now:.3g} at this step)"
+        else:
+            lr_hint = "lower the learning rate (optim.lr=...)"
         path, good_step = last_good_checkpoint(trainer)
         if path is not None:
             kept = f"The last good checkpoint is kept: {path}" + (
@@ -199,12 +209,13 @@ class StopOnNonFiniteLoss(pl.Callback):
         else:
             kept = "No checkpoint had been saved yet (save more often with callbacks.model_checkpoint.every_n_train_steps=N)."
         clip = trainer.gradient_clip_val
-        hints = [
-            f"lower the learning rate (optim.lr={lr:.3g} now; try a tenth)"
-            if isinstance(lr, float) and math.isfinite(lr)
-            else "lower the learning rate (optim.lr=...)",
-            f"use a more stable precision (trainer.precision={trainer.precision} now; "
-            "32-true, or bf16-mixed on GPUs that support it)",
+        hints = [lr_hint]
+        if "32" not in str(trainer.precision) and "64" not in str(trainer.precision):
+            hints.append(
+                f"use a more stable precision (trainer.precision={trainer.precision} now; "
+                "32-true, or bf16-mixed on GPUs that support it)"
+            )
+        hints += [
             "turn gradient clipping on (trainer.gradient_clip_val=1.0)"
             if not clip
             else f"clip gradients harder (trainer.gradient_clip_val={clip} now)",
@@ -275,6 +286,9 @@ def restore_data_position(trainer: pl.Trainer) -> bool:
     combined = getattr(fit_loop, "_combined_loader", None)
     if not pending or combined is None:
         return False
+    for loader in combined.flattened:  # built before the checkpoint set the epoch
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(trainer.current_epoch)
     combined._load_state_dicts(pending)
     fit_loop._combined_loader_states_to_load = []
     return True
@@ -296,15 +310,24 @@ class ResumeState(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         self._pending_rng = (checkpoint.get("tunesmith") or {}).get("rng")
-        self._resumed = {"step": int(checkpoint.get("global_step", 0)),
-                         "epoch": int(checkpoint.get("epoch", 0))}  # fmt: skip
+        loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+        loaders = (loops.get("state_dict") or {}).get("combined_loader") or [{}]
+        self._resumed = {
+            "step": int(checkpoint.get("global_step", 0)),
+            "epoch": loaders[0].get("epoch"),
+            "batches": loaders[0].get("batches"),
+        }
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed is None or not trainer.ckpt_path:
             return
         restore_data_position(trainer)
         step = trainer.global_step
-        batch = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        batch = 0
+        if self._resumed.get("epoch") == trainer.current_epoch:
+            batch = int(self._resumed.get("batches") or 0)
+            if batch >= trainer.num_training_batches:
+                batch = 0
         where = f"epoch {trainer.current_epoch}" + (f", batch {batch}" if batch else "")
         limit = f"; training continues to step {trainer.max_steps}" if trainer.max_steps > 0 else ""
         log.info("Resumed from %s at step %d (%s)%s.", trainer.ckpt_path, step, where, limit)

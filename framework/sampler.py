@@ -101,6 +101,12 @@ class ResumableDataLoader(DataLoader):
     def epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", self.start_epoch))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Say which epoch comes next (when the loader was built before a checkpoint loaded)."""
+        self.start_epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(epoch))
+
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         # A generator: nothing is drawn until the first batch is asked for, so the epoch
         # Lightning sets just before that (set_epoch) is the one used.
