@@ -75,12 +75,14 @@ def _read_config_json(path: Path) -> dict[str, Any]:
         config = json.loads(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ModelError(
-            f"{file} is not a text file.", where=str(file), hint="restore the model's config.json."
+            f"{file} is not a text file.",
+            where=f"{file} (model.path={path})",
+            hint="restore the model's config.json.",
         ) from exc
     except json.JSONDecodeError as exc:
         raise ModelError(
             f"{file} is not valid JSON: {exc.msg}.",
-            where=f"{file}:{exc.lineno}",
+            where=f"{file}:{exc.lineno} (model.path={path})",
             hint="restore the model's config.json (save_pretrained() writes it).",
         ) from exc
     if not isinstance(config, dict) or not (
@@ -88,7 +90,7 @@ def _read_config_json(path: Path) -> dict[str, Any]:
     ):
         raise ModelError(
             f"{file} does not say what kind of model this is (no model_type or architectures).",
-            where=str(file),
+            where=f"{file} (model.path={path})",
             hint="point model.path at a folder written by save_pretrained().",
         )
     return config
@@ -160,7 +162,7 @@ def count_weights(path: Path) -> tuple[int, int]:
         except (OSError, ValueError, struct.error) as exc:
             raise ModelError(
                 f"The weights file {file.name} is damaged: {exc}.",
-                where=str(file),
+                where=f"{file} (model.path={path})",
                 hint="copy the model again; a file cut short by an interrupted copy looks like this.",
             ) from exc
         for name, info in header.items():
