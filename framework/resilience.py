@@ -74,7 +74,7 @@ class SaveOnInterrupt(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._previous: dict[int, Any] = {}
+        self._originals: dict[int, Any] = {}  # the handlers before ours, kept for good
         self._active = False
         self._signum: int | None = None
         self._saved_step: int | None = None
@@ -84,21 +84,28 @@ class SaveOnInterrupt(pl.Callback):
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.getsignal(signum)
+            current = signal.getsignal(signum)
+            if current != self._handle:  # Lightning may have put ours back after a fit
+                self._originals[signum] = current
             signal.signal(signum, self._handle)
         self._active = True
 
+    def _original(self, signum: int) -> Any:
+        handler = self._originals.get(signum)
+        return handler if handler is not None else signal.SIG_DFL
+
     def _restore(self) -> None:
         self._active = False
-        for signum, handler in self._previous.items():
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self._originals:
             if signal.getsignal(signum) == self._handle:
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
+                signal.signal(signum, self._original(signum))
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if not self._active:  # fit is over: behave as if we were never installed
-            previous = self._previous.get(signum, signal.SIG_DFL)
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if not self._active:
+            # Outside fit (Lightning's teardown can reinstate us): act as the original would.
+            signal.signal(signum, self._original(signum))
             signal.raise_signal(signum)
             return
         if self._signum is not None and signum == signal.SIGINT:

@@ -3,7 +3,8 @@
 * Environment ``TS_TEST_PROGRESS=<file>``: before each training step, write the number of
   steps done so far to that file, so a test knows when to send a signal.
 * ``TS_TEST_STEP_SLEEP=<seconds>``: sleep before each training step (time to kill it).
-* ``TS_TEST_SIGNAL_AT=<n>``: send this process SIGTERM while step ``n`` (1-based) runs.
+* ``TS_TEST_SIGNAL_AT=<n>``: send this process a signal (``TS_TEST_SIGNAL``, default
+  ``SIGTERM``) while step ``n`` (1-based) runs.
 * ``TS_TEST_CRASH_AT=<n>``: crash (no checkpoint saved) as step ``n`` starts.
 * ``objective=sft_nan`` with ``TS_TEST_NAN_AT_STEP=<n>``: the sft loss, except that the
   training loss of step ``n`` (1-based) is NaN.
@@ -33,7 +34,8 @@ class _Progress(pl.Callback):
             os.replace(tmp, path)
         at = int(os.environ.get("TS_TEST_SIGNAL_AT", "0") or 0)
         if at and trainer.global_step == at - 1:  # while step `at` runs, as a user would
-            os.kill(os.getpid(), signal.SIGTERM)
+            name = os.environ.get("TS_TEST_SIGNAL", "SIGTERM")
+            os.kill(os.getpid(), getattr(signal, name))
         crash = int(os.environ.get("TS_TEST_CRASH_AT", "0") or 0)
         if crash and trainer.global_step == crash - 1:
             raise RuntimeError(f"simulated crash at step {crash}")

@@ -277,3 +277,22 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_rest_still_work(
     pm = build_plugin_manager()
     assert "broken" not in pm.failed
     assert "names 'lroa', but no plugin has that name" in capsys.readouterr().err
+
+
+def test_ctrl_c_outside_training_behaves_as_usual() -> None:
+    import signal
+    import time
+
+    from framework.resilience import SaveOnInterrupt
+
+    callback = SaveOnInterrupt()
+    original = signal.getsignal(signal.SIGINT)
+    callback._install()
+    assert signal.getsignal(signal.SIGINT) == callback._handle
+    callback._restore()
+    assert signal.getsignal(signal.SIGINT) is original
+    signal.signal(signal.SIGINT, callback._handle)  # what Lightning's teardown can leave
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is original

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from framework.pipeline import run_pipeline
-from framework.stops import TrainingDiverged
+from framework.stops import RunInterrupted, TrainingDiverged
 from tests.conftest import ROOT_DIR, compose_config
 
 TEST_PLUGIN = "plugins=[tests.framework.reliability_plugins]"
@@ -144,6 +144,32 @@ def test_sigterm_then_sigkill_then_rerun_ends_like_an_uninterrupted_run(
     ref_step, ref_loss = _last_loss(reference)
     assert step == ref_step == 7
     assert math.isclose(loss, ref_loss, rel_tol=1e-5)
+
+
+def test_ctrl_c_saves_the_step_and_the_rerun_is_bit_identical(
+    tmp_path: Path, alpaca_file: Path, monkeypatch, caplog
+) -> None:
+    args = _overrides(alpaca_file, "trainer.max_steps=6", "trainer.max_epochs=2")
+    reference = tmp_path / "reference"
+    run_pipeline(compose_config(args, run_dir=reference))
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("TS_TEST_SIGNAL", "SIGINT")
+    monkeypatch.setenv("TS_TEST_SIGNAL_AT", "5")  # Ctrl-C while step 5 (epoch 1) runs
+    with pytest.raises(RunInterrupted) as err:
+        run_pipeline(compose_config(args, run_dir=run_dir))
+    assert err.value.exit_code == 130
+    assert "interrupted by Ctrl-C (SIGINT) at step 5 of 6 (epoch 1)" in err.value.format()
+    assert _note(run_dir)["step"] == 5
+    assert not (run_dir / "artifact").exists()  # an interrupted run saves no model
+
+    monkeypatch.delenv("TS_TEST_SIGNAL_AT")
+    with caplog.at_level(logging.INFO):
+        run_pipeline(compose_config(args, run_dir=run_dir))
+    assert "at step 5 (epoch 1, batch 1)" in caplog.text
+    resumed, uninterrupted = _weights(run_dir), _weights(reference)
+    for name in resumed:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
 # --------------------------------------------------------------------------- finished runs
