@@ -94,13 +94,20 @@ class SaveOnInterrupt(pl.Callback):
         handler = self._originals.get(signum)
         return handler if handler is not None else signal.SIG_DFL
 
-    def _restore(self) -> None:
+    def _restore(self, trainer: pl.Trainer | None = None) -> None:
         self._active = False
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in self._originals:
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, self._original(signum))
+        # Lightning's signal connector restores, at its teardown, the handlers it found when
+        # fit started (ours): have it restore the originals instead.
+        saved = getattr(getattr(trainer, "_signal_connector", None), "_original_handlers", None)
+        if isinstance(saved, dict):
+            for signum, handler in list(saved.items()):
+                if handler == self._handle:
+                    saved[signum] = self._original(signum)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self._active:
@@ -127,7 +134,7 @@ class SaveOnInterrupt(pl.Callback):
             self._install()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
+        self._restore(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -135,7 +142,7 @@ class SaveOnInterrupt(pl.Callback):
         # Lightning's own SIGTERM handling can stop at an epoch end; make sure that step is saved.
         if self._signum is not None and self._saved_step != trainer.global_step:
             self._save(trainer)
-        self._restore()
+        self._restore(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
@@ -301,22 +308,110 @@ def restore_data_position(trainer: pl.Trainer) -> bool:
     return True
 
 
+def _csv_loggers(trainer: pl.Trainer) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+
+
+def csv_history(logger: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows a CSV logger has logged so far: its file plus what it still buffers."""
+    import csv
+
+    writer = logger.experiment
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    try:
+        with open(writer.metrics_file_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except OSError:
+        pass
+    for row in writer.metrics:
+        rows.append({k: "" if v is None else str(v) for k, v in row.items()})
+    header = sorted(set(header) | set(writer.metrics_keys) | {k for r in rows for k in r})
+    return header, rows
+
+
+def pending_log_row(trainer: pl.Trainer) -> dict[str, str] | None:
+    """The metrics row Lightning will log for the step that is ending, if not logged yet.
+
+    A checkpoint saved in ``on_train_batch_end`` comes just before Lightning logs that
+    step's metrics; a resumed run starts after that step, so the row is kept with the
+    checkpoint instead.
+    """
+    try:
+        from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        loop = trainer.fit_loop
+        progress = loop.epoch_loop.batch_progress.current
+        if progress.processed <= progress.completed or loop._should_accumulate():
+            return None
+        connector = trainer._logger_connector
+        if not connector.should_update_logs:
+            return None
+        metrics = convert_tensors_to_scalars(dict(connector.metrics["log"]))
+    except Exception:  # noqa: BLE001 - private Lightning state: the row is a nicety
+        return None
+    if not metrics:
+        return None
+    metrics.setdefault("epoch", trainer.current_epoch)
+    metrics["step"] = loop.epoch_loop._batches_that_stepped
+    return {k: str(v) for k, v in metrics.items()}
+
+
+def write_csv_history(logger: Any, header: list[str], rows: list[dict[str, str]]) -> None:
+    """Put earlier rows back at the start of a CSV logger's ``metrics.csv``.
+
+    Lightning's CSV logger deletes ``metrics.csv`` when a resumed run starts; without this
+    the loss curve would begin at the resumed step.
+    """
+    import csv
+
+    writer = logger.experiment
+    keys = sorted(set(header) | set(writer.metrics_keys))
+    writer.metrics_keys[:] = keys
+    with open(writer.metrics_file_path, "w", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+
+
 class ResumeState(pl.Callback):
-    """Data position and random-number state restored on resume; says where it resumed."""
+    """On resume: data position, random-number state and the loss history come back.
+
+    Also says that the run resumed, and from which step.
+    """
 
     def __init__(self) -> None:
         self._pending_rng: dict[str, Any] | None = None
         self._resumed: dict[str, Any] | None = None
+        self._history: list[tuple[Any, list[str], list[dict[str, str]]]] = []
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["tunesmith"] = {"rng": _rng_state()}
+        # The loss history travels in the checkpoint: consistent with it, and safe from
+        # Lightning's CSV logger, which deletes its file when a resumed run starts.
+        history = []
+        for logger in _csv_loggers(trainer):
+            try:
+                header, rows = csv_history(logger)
+            except (OSError, AttributeError):  # only the curve's history is at stake
+                header, rows = [], []
+            pending = pending_log_row(trainer)
+            if pending:
+                rows.append(pending)
+                header = sorted(set(header) | set(pending))
+            history.append({"header": header, "rows": rows})
+        checkpoint["tunesmith"] = {"rng": _rng_state(), "loss_history": history}
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._pending_rng = (checkpoint.get("tunesmith") or {}).get("rng")
+        ours = checkpoint.get("tunesmith") or {}
+        self._pending_rng = ours.get("rng")
         loops = (checkpoint.get("loops") or {}).get("fit_loop") or {}
         loaders = (loops.get("state_dict") or {}).get("combined_loader") or [{}]
         self._resumed = {
@@ -324,11 +419,28 @@ class ResumeState(pl.Callback):
             "epoch": loaders[0].get("epoch"),
             "batches": loaders[0].get("batches"),
         }
+        step = self._resumed["step"]
+        self._history = []
+        for logger, saved in zip(
+            _csv_loggers(trainer), ours.get("loss_history") or [], strict=False
+        ):
+            rows = [
+                r
+                for r in saved["rows"]
+                if str(r.get("step", "")).isdigit() and int(r["step"]) < step
+            ]
+            self._history.append((logger, saved["header"], rows))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._resumed is None or not trainer.ckpt_path:
             return
         restore_data_position(trainer)
+        for logger, header, rows in self._history:
+            try:
+                write_csv_history(logger, header, rows)
+            except (OSError, AttributeError) as exc:  # only the curve's history is at stake
+                log.warning("could not keep the loss history in %s: %s", logger.log_dir, exc)
+        self._history = []
         step = trainer.global_step
         batch = 0
         if self._resumed.get("epoch") == trainer.current_epoch:
