@@ -230,10 +230,17 @@ def plan_stages(run: Run, stages: list[str]) -> list[str]:
                 step,
                 ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in budget),
             )
+        elif changed:
+            log.info(
+                "Re-running %s of the finished run %s (changed: %s).",
+                ", ".join(plan),
+                run.dir,
+                ", ".join(changed),
+            )
         else:
-            log.info("Re-running %s of the finished run %s (changed: %s).", plan, run.dir, changed)
+            log.info("Running the stages not done yet in %s: %s.", run.dir, ", ".join(plan))
     else:
-        skipped = [s for s in stages[:first]]
+        skipped = stages[:first]
         log.info(
             "Continuing the %s run in %s%s%s.",
             {"running": "killed", "failed": "stopped"}.get(status, status),
@@ -246,11 +253,14 @@ def plan_stages(run: Run, stages: list[str]) -> list[str]:
 
 def _interruption(exc: BaseException) -> TunesmithError | None:
     """A :class:`RunInterrupted` for a Lightning ``SIGTERMException`` or a forced Ctrl-C exit."""
-    if not isinstance(exc, SystemExit | KeyboardInterrupt):
-        return None
     import signal
 
     sigterm = type(exc).__name__ == "SIGTERMException"
+    ctrl_c = isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+    )  # Lightning turns a Ctrl-C during fit into sys.exit(1)
+    if not (sigterm or ctrl_c):
+        return None
     signum = signal.SIGTERM if sigterm else signal.SIGINT
     return RunInterrupted(
         f"The run was stopped by {'SIGTERM' if sigterm else 'Ctrl-C'}.",
@@ -298,6 +308,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         remove_stale_temps(run_dir)
         plan = plan_stages(run, stages)
         if not plan:
+            if run.state()["status"] != "finished":  # killed after its last stage ended
+                run.mark(status="finished")
             return run.saved_metrics()
         try:
             write_text(run_dir / "config.yaml", run.resolved_config())
