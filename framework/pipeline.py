@@ -203,12 +203,18 @@ def plan_stages(run: Run, stages: list[str]) -> list[str]:
                     f"\n  The new budget ({', '.join(f'{k}={OmegaConf.select(cfg, k)}' for k in budget)}) "
                     "does not go beyond what it already trained."
                 )
+            holds = (
+                "its results are in metrics.json there"
+                if (run.dir / "metrics.json").exists()
+                else f"stages done: {', '.join(done)}"
+            )
             log.warning(
                 "This run is already finished%s: %s%s\n  Nothing was redone or overwritten; "
-                "its results are in metrics.json there.\n  What next: %s",
+                "%s.\n  What next: %s",
                 at,
                 run.dir,
                 why,
+                holds,
                 _how_to_go_on(run),
             )
             return []

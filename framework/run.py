@@ -48,7 +48,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f"{TMP_PREFIX}{path.name}.old")
             _rmtree(old)
             os.replace(path, old)
             os.replace(target, path)
