@@ -168,7 +168,10 @@ class SaveOnInterrupt(pl.Callback):
             f"Training was interrupted by {SIGNAL_NAMES.get(signum, signum)} at step {step}{limit} "
             f"(epoch {trainer.current_epoch}). {saved}",
             where=str(path) if path else None,
-            hint=f"re-run the same command to continue from step {step}.",
+            hint=f"re-run the same command to continue from step {step}."
+            if path
+            else "re-run the same command; training starts over (callbacks.model_checkpoint "
+            "is off).",
             signum=signum,
         )
 

@@ -111,6 +111,23 @@ def test_a_malformed_record_names_file_line_and_reason(tmp_path: Path) -> None:
     _fails_cleanly(proc, "not_json", f"{data}:3")
 
 
+def test_data_emptied_by_validation_stops_before_training(tmp_path: Path) -> None:
+    data = tmp_path / "no_answers.jsonl"
+    data.write_text(
+        "".join(json.dumps({"instruction": f"Q{i}", "output": " "}) + "\n" for i in range(5))
+    )
+    proc = run_cli(
+        *TINY, "data=alpaca", f"data.path={data}", env={"TUNESMITH_OUTPUT": str(tmp_path)}
+    )
+    _fails_cleanly(proc, "5 of 5 records were rejected", "rejects.jsonl")
+    (run,) = (tmp_path / "runs").iterdir()
+    rejects = [
+        json.loads(line) for line in (run / "data" / "rejects.jsonl").read_text().splitlines()
+    ]
+    assert rejects[0]["source"] == f"{data}:1" and rejects[0]["field"] == "output"
+    assert not (run / "checkpoints").exists()
+
+
 # --------------------------------------------------------------------------- model folders
 
 
