@@ -37,9 +37,14 @@ DEBUG_ENV = "TUNESMITH_DEBUG"
 ENV_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
 
 
+#: Set while :func:`hydra_raises` is active: what the user had in ``HYDRA_FULL_ERROR``.
+USER_HYDRA_FULL_ERROR = "TUNESMITH_USER_HYDRA_FULL_ERROR"
+
+
 def debug_enabled() -> bool:
     """Whether the user asked for full tracebacks (``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``)."""
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get(DEBUG_ENV) == "1"
+    hydra_full = os.environ.get(USER_HYDRA_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR"))
+    return hydra_full == "1" or os.environ.get(DEBUG_ENV) == "1"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -72,26 +77,36 @@ def _log_to_files(message: str) -> None:
 _pending: list[TunesmithError] = []
 
 
-def _multirun() -> bool:
+def in_multirun() -> bool:
+    """Whether this job is one of a multirun (``-m``, or ``hydra.mode=MULTIRUN``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    from framework import sweep
+
+    multirun = in_multirun()
     try:
         metrics = train(cfg)
-    except TunesmithError as err:
-        _log_to_files(err.format())
-        if _multirun():  # Hydra names the failing job's overrides, then main() reports it
+    except Exception as err:
+        from framework.stops import RunInterrupted
+
+        if multirun and isinstance(err, RunInterrupted):  # Ctrl-C / SIGTERM stops the sweep
             raise
-        _pending.append(err)
+        if multirun and not debug_enabled():
+            sweep.job_failed(err)  # recorded in job.json by the sweep callback; the sweep goes on
+            return None
+        if not isinstance(err, TunesmithError) or debug_enabled():
+            raise
+        _log_to_files(err.format())
+        _pending.append(err)  # main() reports it: one message, no Hydra banner
         return None
+    if multirun:
+        sweep.job_finished(metrics)
     return optimized_value(cfg, metrics)
 
 
@@ -143,10 +158,12 @@ def report(err: TunesmithError) -> int:
 def hydra_raises() -> Iterator[None]:
     """Let Hydra raise errors instead of printing them, so they can be rephrased here."""
     old = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ[USER_HYDRA_FULL_ERROR] = old or ""  # seen by jobs in launcher processes too
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
     finally:
+        os.environ.pop(USER_HYDRA_FULL_ERROR, None)
         if old is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
@@ -154,7 +171,11 @@ def hydra_raises() -> Iterator[None]:
 
 
 def main() -> None:
-    """Console entry point (``python run.py``)."""
+    """Console entry point (``python run.py``; ``python run.py plugins`` lists the plugins)."""
+    if sys.argv[1:2] == ["plugins"]:
+        from framework.plugins_cli import main as plugins_main
+
+        sys.exit(plugins_main(sys.argv[2:]))
     register_resolvers()
     debug = debug_enabled()
     try:
@@ -175,3 +196,6 @@ def main() -> None:
         if err is None or debug:
             raise
         sys.exit(report(err))
+    from framework.sweep import exit_status
+
+    sys.exit(exit_status())

@@ -44,7 +44,9 @@ def tunesmith_provides() -> Mapping[str, Iterable[str]]:
         A mapping from a stage key to the names served for it, e.g.
         ``{"method": ["lora"], "metric": ["exact_match"]}``. Stage keys in use:
         ``stage``, ``file``, ``format``, ``objective``, ``model``, ``method``, ``metric``,
-        ``export``. Fan-out: every plugin's mapping is merged.
+        ``export``, and ``session``: the stages (also listed under ``stage``) that use a run
+        without changing it (``chat``, ``serve``): they are not recorded in the run state and
+        run again every time. Fan-out: every plugin's mapping is merged.
     """
 
 
@@ -74,7 +76,8 @@ def tunesmith_run_stage(name: str, run: Run) -> bool | None:
 def tunesmith_read_file(path: Path, data_cfg: DictConfig) -> Iterable[tuple[int, Any]] | None:
     """Read the raw records of one data file.
 
-    Called by the prepare stage for every file that ``data.path`` names.
+    Called by the prepare stage for every file that ``data.path`` (or a ``data.sources``
+    entry, ``data.val_path``, ``data.test_path``) names; the reader is picked by suffix.
 
     Args:
         path: the file to read.
@@ -92,7 +95,8 @@ def tunesmith_read_file(path: Path, data_cfg: DictConfig) -> Iterable[tuple[int,
 def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict | None:
     """Turn one raw record of the record shape ``name`` into a tunesmith example.
 
-    Called by the prepare stage for each raw record; ``name`` is ``data.format``.
+    Called by the prepare stage for each raw record; ``name`` is ``data.format`` (or the
+    ``format`` of the record's ``data.sources`` entry).
 
     Args:
         name: the record shape (``alpaca``...).
@@ -101,7 +105,8 @@ def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict
 
     Returns:
         An example dict: ``{"messages": [{"role": ..., "content": ...}, ...]}`` for chat
-        data, or ``{"text": ...}`` for plain text. Raise
+        data, ``{"text": ...}`` for plain text, or for a preference pair the chat shape
+        ending with the chosen answer plus ``"rejected": str``. Raise
         :class:`framework.errors.RecordError` for a record that is wrong (it is rejected
         with the reason). ``None`` when the plugin does not serve ``name``. First result wins.
     """
@@ -234,7 +239,8 @@ def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str,
 
     Returns:
         ``{metric_name: value}`` for the selected names the plugin serves, or ``None``.
-        Fan-out: the dicts of all plugins are merged.
+        A selected name may be answered with several keys that start with it (``rouge``
+        -> ``rouge1``, ``rouge2``, ``rougeL``). Fan-out: the dicts of all plugins are merged.
     """
 
 
@@ -259,6 +265,9 @@ def tunesmith_export(name: str, run: Run, path: Path) -> Path | None:
 @hookspec
 def tunesmith_run_end(run: Run, metrics: dict[str, Any]) -> None:
     """Called once after the last stage of a run finished, with the run's metrics.
+
+    Session stages (``chat``, ``serve``) do not count: a command that runs only those does
+    not call this hook.
 
     Fan-out: every plugin is called; return values are ignored.
     """

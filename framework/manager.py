@@ -41,6 +41,21 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.exact_match",
     "plugins.metrics.perplexity",
     "plugins.exports.merged",
+    "plugins.files.csvfile",
+    "plugins.files.parquetfile",
+    "plugins.formats.sharegpt",
+    "plugins.formats.text",
+    "plugins.formats.pairs",
+    "plugins.objectives.pretrain",
+    "plugins.metrics.token_accuracy",
+    "plugins.metrics.accuracy",
+    "plugins.metrics.choice_accuracy",
+    "plugins.metrics.bleu",
+    "plugins.metrics.rouge",
+    "plugins.metrics.validation",
+    "plugins.human_eval",
+    "plugins.exports.adapter",
+    "plugins.serve_stages",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

@@ -46,6 +46,7 @@ HARMLESS_KEYS = (
     "stages",
     "paths.",
     "plugins",
+    "serve.",
     "callbacks.",
     "logger.",
     "data.num_workers",
@@ -146,8 +147,14 @@ def _how_to_go_on(run: Run) -> str:
     )
 
 
-def plan_stages(run: Run, stages: list[str]) -> list[str]:
+def plan_stages(run: Run, stages: list[str], then_session: bool = False) -> list[str]:
     """The stages to run now, given what the run directory already holds.
+
+    Args:
+        run: the run.
+        stages: the recorded stages asked for (session stages left out).
+        then_session: a session stage (chat, serve) follows; a finished run is then only
+            noted, not explained at length.
 
     Returns:
         The stages to run, in order; empty when the run is finished and nothing asks for more.
@@ -208,6 +215,9 @@ def plan_stages(run: Run, stages: list[str]) -> list[str]:
                 if (run.dir / "metrics.json").exists()
                 else f"stages done: {', '.join(done)}"
             )
+            if then_session:
+                log.info("Already done in %s: %s.", run.dir, ", ".join(stages))
+                return []
             log.warning(
                 "This run is already finished%s: %s%s\n  Nothing was redone or overwritten; "
                 "%s.\n  What next: %s",
@@ -309,36 +319,56 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     for stage in stages:
         plugins.require("stage", stage)
 
+    sessions = set(plugins.names("session"))
+    # Session stages (chat, serve) use a run without changing it: they are not recorded in
+    # run_state.json, run again every time, leave the run's config.yaml as it was, and do
+    # not take the run's lock (a server may run for days beside other commands).
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
-    with run_lock(run_dir):
-        remove_stale_temps(run_dir)
-        plan = plan_stages(run, stages)
-        if not plan:
-            if run.state()["status"] != "finished":  # killed after its last stage ended
+    recorded = [s for s in stages if s not in sessions]
+    plan: list[str] = []
+    if recorded:
+        with run_lock(run_dir):
+            remove_stale_temps(run_dir)
+            plan = plan_stages(run, recorded, then_session=len(recorded) < len(stages))
+            if plan:
+                _run_recorded(run, plan)
+            elif run.state()["status"] != "finished":  # killed after its last stage ended
                 run.mark(status="finished")
-            return run.saved_metrics()
-        try:
-            write_text(run_dir / "config.yaml", run.resolved_config())
-        except OSError as exc:
-            raise SaveError(f"Cannot write the run's config: {exc}", where=str(run_dir)) from exc
-        seed_everything(int(cfg.seed), torch=plan != ["prepare"])
-        run.mark(status="running", undo=plan, error=None)
-        try:
-            for stage in plan:
-                log.info("stage: %s", stage)
-                plugins.hook.tunesmith_run_stage(name=stage, run=run)
-                run.mark(stage=stage)
-        except BaseException as exc:
-            interrupted = _interruption(exc)
-            if interrupted is not None or isinstance(exc, RunInterrupted):
-                run.mark(status="interrupted", error=str(interrupted or exc).splitlines()[0])
-                if interrupted is not None:
-                    raise interrupted from exc
-            else:
-                run.mark(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
-        run.mark(status="finished")
-    plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+    elif not (run_dir / "config.yaml").exists():
+        write_text(run_dir / "config.yaml", run.resolved_config())
+    session_stages = [s for s in stages if s in sessions]
+    if session_stages:
+        seed_everything(int(cfg.seed))
+        for stage in session_stages:
+            log.info("stage: %s", stage)
+            plugins.hook.tunesmith_run_stage(name=stage, run=run)
+    return run.metrics if plan or session_stages else run.saved_metrics()
+
+
+def _run_recorded(run: Run, plan: list[str]) -> None:
+    """Run the recorded stages of ``plan`` and keep ``run_state.json`` up to date."""
+    try:
+        write_text(run.dir / "config.yaml", run.resolved_config())
+    except OSError as exc:
+        raise SaveError(f"Cannot write the run's config: {exc}", where=str(run.dir)) from exc
+    seed_everything(int(run.cfg.seed), torch=plan != ["prepare"])
+    run.mark(status="running", undo=plan, error=None)
+    try:
+        for stage in plan:
+            log.info("stage: %s", stage)
+            run.hook.tunesmith_run_stage(name=stage, run=run)
+            run.mark(stage=stage)
+    except BaseException as exc:
+        interrupted = _interruption(exc)
+        if interrupted is not None or isinstance(exc, RunInterrupted):
+            run.mark(status="interrupted", error=str(interrupted or exc).splitlines()[0])
+            if interrupted is not None:
+                raise interrupted from exc
+        else:
+            run.mark(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
+    run.mark(status="finished")
+    run.hook.tunesmith_run_end(run=run, metrics=run.metrics)
     return run.metrics
 
 

@@ -9,30 +9,35 @@ from omegaconf import OmegaConf
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
-#: Longest run-directory suffix; longer ones are cut and end in a hash (names stay < 255 bytes).
-MAX_SUFFIX = 120
+#: Longer run-directory suffixes are cut and given a hash of the whole (file names: 255 bytes).
+MAX_SUFFIX = 150
 
 
 def _suffix(override_dirname: str) -> str:
-    """``"__a=1,b=2"`` for a non-empty override string, ``""`` otherwise; path-safe.
-
-    A long override string is cut and ends in a hash of the whole, so the same command
-    always finds the same directory and the name stays within file-system limits.
-    """
+    """``"__a=1,b=2"`` for a non-empty override string, ``""`` otherwise; path-safe."""
     if not override_dirname:
         return ""
-    safe = override_dirname.replace("/", "-")
-    if len(safe.encode()) > MAX_SUFFIX:
+    suffix = "__" + override_dirname.replace("/", "-")
+    if len(suffix.encode()) > MAX_SUFFIX:
         import hashlib
 
-        digest = hashlib.sha256(safe.encode()).hexdigest()[:12]
-        safe = safe.encode()[: MAX_SUFFIX - 13].decode(errors="ignore") + "~" + digest
-    return "__" + safe
+        digest = hashlib.sha256(suffix.encode()).hexdigest()[:8]
+        suffix = suffix.encode()[: MAX_SUFFIX - 9].decode(errors="ignore") + "-" + digest
+    return suffix
+
+
+def _sweep_name() -> str:
+    from framework.sweep import sweep_name
+
+    return sweep_name()
 
 
 def register_resolvers() -> None:
-    """Register ``ts.root`` (the checkout) and ``ts.suffix`` (run dir suffix); idempotent."""
+    """Register ``ts.root`` (the checkout), ``ts.suffix`` (run dir suffix) and
+    ``ts.sweep_name`` (multirun dir name, cached so every job of a sweep agrees); idempotent."""
     if not OmegaConf.has_resolver("ts.root"):
         OmegaConf.register_new_resolver("ts.root", lambda: str(ROOT_DIR))
     if not OmegaConf.has_resolver("ts.suffix"):
         OmegaConf.register_new_resolver("ts.suffix", _suffix)
+    if not OmegaConf.has_resolver("ts.sweep_name"):
+        OmegaConf.register_new_resolver("ts.sweep_name", _sweep_name, use_cache=True)

@@ -255,8 +255,6 @@ class Run:
             undo: stages to mark as not done (they are about to run again).
             **extra: other fields to record (``error=...``); ``None`` removes a field.
         """
-        import time
-
         state = self.state()
         if undo:
             state["stages_done"] = [s for s in state["stages_done"] if s not in undo]
@@ -269,7 +267,6 @@ class Run:
                 state.pop(key, None)
             else:
                 state[key] = value
-        state["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
         write_json(self.dir / STATE_FILE, state)
 
     # ----------------------------------------------------------------- model

@@ -1,40 +1,34 @@
-"""Export formats ``adapter`` (the adapter folder as trained) and ``merged`` (a full HF model).
+"""Export format ``merged``: the adapter folded into a full-precision base model.
 
-``merged`` folds a PEFT adapter into the base weights (``merge_and_unload``) and writes a
-standard Hugging Face folder (safetensors, config, tokenizer with chat template, generation
-config) that ``AutoModelForCausalLM.from_pretrained`` loads without tunesmith.
+Writes a standard Hugging Face folder (safetensors, config, generation config, tokenizer with
+its chat template) that ``AutoModelForCausalLM.from_pretrained`` loads without tunesmith;
+``export.dtype=bfloat16`` (or ``float16``) casts the weights, ``export.generation`` adds
+generation defaults.
 """
 
 from __future__ import annotations
 
-import shutil
+import copy
 from pathlib import Path
 
 from framework import hookimpl
+from framework.export import export_dtype, merged_model, save_hf_folder
+from framework.pipeline import to_container
 from framework.run import Run
 
 
 @hookimpl
 def tunesmith_provides() -> dict[str, list[str]]:
-    return {"export": ["adapter", "merged"]}
+    return {"export": ["merged"]}
 
 
 @hookimpl
 def tunesmith_export(name: str, run: Run, path: Path) -> Path | None:
-    if name == "adapter":
-        shutil.copytree(run.artifact_dir, path, dirs_exist_ok=True)
-        return path
     if name != "merged":
         return None
-    model, tokenizer = run.load_tuned()
-    if hasattr(model, "merge_and_unload"):
-        # merge into a copy so the in-memory tuned model keeps its adapter
-        base, _ = run.build_base()
-        from peft import PeftModel
-
-        merged = PeftModel.from_pretrained(base, run.artifact_dir).merge_and_unload()
-    else:
-        merged = model
-    merged.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
+    model, tokenizer = merged_model(run)
+    dtype = export_dtype(run.cfg)
+    if dtype is not None and model is run.model:  # method=full: keep the in-memory model as is
+        model = copy.deepcopy(model)
+    generation = to_container(run.cfg.export.get("generation"))
+    return save_hf_folder(model, tokenizer, path, dtype=dtype, generation=generation)

@@ -1,9 +1,9 @@
-"""``perplexity``: exp of the mean token cross-entropy over the answers of the test split."""
+"""``perplexity``: exp of the mean token cross-entropy over the answers (teacher-forced)."""
 
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext, perplexity
+from framework.evaluation import EvalContext
 
 
 @hookimpl
@@ -15,4 +15,4 @@ def tunesmith_provides() -> dict[str, list[str]]:
 def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str, float] | None:
     if "perplexity" not in metrics:
         return None
-    return {"perplexity": perplexity(ctx)}
+    return {"perplexity": ctx.token_stats().perplexity}

@@ -1,0 +1,1 @@
+"""Hydra plugin: add the config packages of installed tunesmith plugins to the search path."""

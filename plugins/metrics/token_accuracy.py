@@ -1,0 +1,21 @@
+"""``token_accuracy``: share of answer tokens the model ranks first, given the true prefix.
+
+Teacher-forced like perplexity (no generation), over the assistant turns only.
+"""
+
+from __future__ import annotations
+
+from framework import hookimpl
+from framework.evaluation import EvalContext
+
+
+@hookimpl
+def tunesmith_provides() -> dict[str, list[str]]:
+    return {"metric": ["token_accuracy"]}
+
+
+@hookimpl
+def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str, float] | None:
+    if "token_accuracy" not in metrics:
+        return None
+    return {"token_accuracy": ctx.token_stats().accuracy}

@@ -1,0 +1,33 @@
+"""Continued pre-training (``objective=pretrain``): plain ``text`` examples, loss on every
+token and on the EOS that closes each text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework import hookimpl
+from framework.encoding import encode_text
+from framework.losses import causal_lm_loss
+
+
+@hookimpl
+def tunesmith_provides() -> dict[str, list[str]]:
+    return {"objective": ["pretrain"]}
+
+
+@hookimpl
+def tunesmith_encode_example(
+    name: str, example: dict, tokenizer: Any, cfg: DictConfig
+) -> dict | None:
+    if name != "pretrain" or "text" not in example:
+        return None
+    return encode_text(tokenizer, example["text"], max_length=int(cfg.data.max_length))
+
+
+@hookimpl
+def tunesmith_compute_loss(name: str, model: Any, batch: dict, cfg: DictConfig) -> Any:
+    if name != "pretrain":
+        return None
+    return causal_lm_loss(model, batch)

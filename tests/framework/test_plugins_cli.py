@@ -1,0 +1,42 @@
+"""`python run.py plugins`: the listing of stages, names and who serves them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from framework import plugins_cli
+
+
+def test_listing_has_every_stage_and_the_in_tree_providers(capsys) -> None:
+    assert plugins_cli.main(["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    stages = {s["stage"]: s for s in data["stages"]}
+    assert {"stage", "file", "format", "objective", "model", "method", "metric", "export"} <= set(
+        stages
+    )
+    assert stages["method"]["config_key"] == "method.name"
+    names = {n["name"]: n["providers"] for n in stages["model"]["names"]}
+    assert names["tiny"] == [{"plugin": "plugins.models.tiny", "package": "tunesmith (in-tree)"}]
+
+
+def test_cfg_plugins_module_is_listed_as_such(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "ts_listed_plugin.py").write_text(
+        "from framework import hookimpl\n\n"
+        "@hookimpl\ndef tunesmith_provides():\n    return {'metric': ['[bracketed]']}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert plugins_cli.main(["--with", "ts_listed_plugin"]) == 0
+    finally:
+        sys.modules.pop("ts_listed_plugin", None)
+    out = capsys.readouterr().out
+    # shown as typed (rich markup is escaped), with where it came from
+    assert "[bracketed]" in out and "ts_listed_plugin" in out and "cfg.plugins" in out
+
+
+def test_unimportable_module_is_one_clear_error(capsys) -> None:
+    assert plugins_cli.main(["--with", "no_such_module_xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be imported" in err and "Traceback" not in err
