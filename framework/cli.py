@@ -189,7 +189,11 @@ def main() -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("\nInterrupted.", file=sys.stderr)
+        print(
+            "\nInterrupted (Ctrl-C). Re-run the same command to continue: finished stages "
+            "are kept, training resumes from its last checkpoint.",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except Exception as exc:
         err = as_user_error(exc)

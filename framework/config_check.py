@@ -311,9 +311,9 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "con
                 for option in chosen:
                     if option not in options:
                         raise ConfigError(
-                            f"Unknown option '{option}' for the config group "
-                            f"'{o.key_or_group}'.{did_you_mean(option, options)} "
-                            f"Options: {', '.join(options)}.",
+                            f"Could not find '{o.key_or_group}/{option}': no option "
+                            f"'{option}' in the config group '{o.key_or_group}'."
+                            f"{did_you_mean(option, options)} Options: {', '.join(options)}.",
                             where=f"{o.key_or_group}={option} (conf/{o.key_or_group}/)",
                             hint=f"pick one of the options, or add conf/{o.key_or_group}/"
                             f"{option}.yaml (python run.py --help lists every group).",

@@ -272,9 +272,8 @@ def _interruption(exc: BaseException) -> TunesmithError | None:
     import signal
 
     sigterm = type(exc).__name__ == "SIGTERMException"
-    ctrl_c = isinstance(exc, KeyboardInterrupt) or (
-        isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
-    )  # Lightning turns a Ctrl-C during fit into sys.exit(1)
+    # Lightning turns a second Ctrl-C during fit into sys.exit(1)
+    ctrl_c = isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
     if not (sigterm or ctrl_c):
         return None
     signum = signal.SIGTERM if sigterm else signal.SIGINT
@@ -360,7 +359,9 @@ def _run_recorded(run: Run, plan: list[str]) -> None:
             run.mark(stage=stage)
     except BaseException as exc:
         interrupted = _interruption(exc)
-        if interrupted is not None or isinstance(exc, RunInterrupted):
+        if isinstance(exc, KeyboardInterrupt):  # run.py reports it; callers may catch it
+            run.mark(status="interrupted", error="stopped by Ctrl-C")
+        elif interrupted is not None or isinstance(exc, RunInterrupted):
             run.mark(status="interrupted", error=str(interrupted or exc).splitlines()[0])
             if interrupted is not None:
                 raise interrupted from exc

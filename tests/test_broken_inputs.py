@@ -43,7 +43,7 @@ def _fails_cleanly(proc, *expected: str, status: int = 2) -> str:
         ),
         (
             "method=lroa",
-            ["Unknown option 'lroa' for the config group 'method'. Did you mean 'lora'?", "full"],
+            ["Could not find 'method/lroa'", "Did you mean 'lora'? Options: full, lora."],
         ),
         ("data.path=???", ["data.path", "must be given"]),
         ("optim.lr=[1e-4", ["Cannot read the override 'optim.lr=[1e-4'"]),
@@ -91,7 +91,7 @@ def test_an_empty_data_file_stops_before_training(tmp_path: Path) -> None:
     proc = run_cli(
         *TINY, "data=alpaca", f"data.path={empty}", env={"TUNESMITH_OUTPUT": str(tmp_path)}
     )
-    _fails_cleanly(proc, "No usable example", str(empty))
+    _fails_cleanly(proc, "holds no record", str(empty))
     (run,) = (tmp_path / "runs").iterdir()
     assert not (run / "checkpoints").exists()
 
@@ -119,7 +119,7 @@ def test_data_emptied_by_validation_stops_before_training(tmp_path: Path) -> Non
     proc = run_cli(
         *TINY, "data=alpaca", f"data.path={data}", env={"TUNESMITH_OUTPUT": str(tmp_path)}
     )
-    _fails_cleanly(proc, "5 of 5 records were rejected", "rejects.jsonl")
+    _fails_cleanly(proc, "5 of 5 records", "were rejected (empty_field: 5)", "rejects.jsonl")
     (run,) = (tmp_path / "runs").iterdir()
     rejects = [
         json.loads(line) for line in (run / "data" / "rejects.jsonl").read_text().splitlines()
