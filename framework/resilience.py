@@ -397,11 +397,13 @@ class ResumeState(pl.Callback):
     ) -> None:
         # The loss history travels in the checkpoint: consistent with it, and safe from
         # Lightning's CSV logger, which deletes its file when a resumed run starts.
+        if not trainer.is_global_zero:  # only rank 0 writes checkpoints and logs
+            return
         history = []
         for logger in _csv_loggers(trainer):
             try:
                 header, rows = csv_history(logger)
-            except (OSError, AttributeError):  # only the curve's history is at stake
+            except (OSError, AttributeError, TypeError):  # only the curve's history is at stake
                 header, rows = [], []
             pending = pending_log_row(trainer)
             if pending:
