@@ -155,7 +155,11 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             and not trainer.sanity_checking
             and not trainer.fast_dev_run
         ):
+            # A validation at this same step must still be able to save its top-k
+            # checkpoint, which Lightning skips for a step already saved.
+            previous = self._last_global_step_saved
             self.save_last_now(trainer)
+            self._last_global_step_saved = previous
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

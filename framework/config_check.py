@@ -295,6 +295,10 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "con
                 "quotes: key='a, b'); in a shell, quote the whole argument.",
             ) from None
 
+    if any(o.key_or_group == "hydra.searchpath" for o in overrides):
+        # Extra config directories on the command line: only Hydra's own composition knows
+        # their options, and its errors are explained after it fails (see ``explain``).
+        return
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):

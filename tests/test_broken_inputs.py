@@ -43,7 +43,10 @@ def _fails_cleanly(proc, *expected: str, status: int = 2) -> str:
         ),
         (
             "method=lroa",
-            ["Could not find 'method/lroa'", "Did you mean 'lora'? Options: full, lora."],
+            [
+                "Could not find 'method/lroa'",
+                "Did you mean 'lora'? Options: dora, freeze, full, ia3, lora,",
+            ],
         ),
         ("data.path=???", ["data.path", "must be given"]),
         ("optim.lr=[1e-4", ["Cannot read the override 'optim.lr=[1e-4'"]),

@@ -177,11 +177,20 @@ def test_logger_writes_into_the_run_directory(
     assert _series(run.dir, "train/loss")  # the CSV logger stays on for the loss curve
 
 
-def test_pretrain_objective_learns_every_token_of_plain_text(make_cfg, alpaca_file: Path) -> None:
+def test_pretrain_objective_learns_every_token_of_plain_text(make_cfg, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": f"{a} plus {b} is {a + b}."}) + "\n"
+            for a in range(1, 9)
+            for b in range(1, 6)
+        ),
+        encoding="utf-8",
+    )
     cfg = make_cfg(
         *TINY,
-        "data=alpaca",
-        f"data.path={alpaca_file}",
+        "data=text",
+        f"data.path={corpus}",
         "objective=pretrain",
         "optim.lr=1e-2",
         "trainer.max_steps=6",
