@@ -1,10 +1,11 @@
-"""The Lightning DataModule: tokenised splits, padding collate, deterministic order."""
+"""The Lightning DataModule: tokenised splits, padded or packed batches, deterministic order."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -12,26 +13,91 @@ from torch.utils.data import DataLoader
 from framework.chat import IGNORE_INDEX
 from framework.errors import DataError
 from framework.manager import TunesmithPluginManager
+from framework.packing import LengthGroupedSampler, pack_rows
 
 
 class Collator:
-    """Pad a list of encoded examples to the longest one in the batch (right padding)."""
+    """Collate encoded examples into a batch, padded or packed.
 
-    def __init__(self, pad_token_id: int) -> None:
+    Every batch holds ``input_ids``, ``labels`` and ``num_tokens`` (the count of real,
+    non-pad tokens, computed here so that counting costs the training loop nothing). A
+    padded batch adds ``attention_mask`` (right padding to the longest example); a packed
+    batch adds ``position_ids`` instead, restarting at 0 for every example. A packed batch
+    has no ``attention_mask`` on purpose: given one, transformers would let the examples of
+    a row attend to each other.
+
+    Args:
+        pad_token_id: the id used for padding.
+        packing: pack the examples of the batch into rows (see :func:`pack_rows`).
+        pack_length: the most tokens a packed row may hold (a row is never shorter than the
+            longest example of the batch).
+    """
+
+    def __init__(self, pad_token_id: int, packing: bool = False, pack_length: int = 0) -> None:
         self.pad_token_id = pad_token_id
+        self.packing = packing
+        self.pack_length = int(pack_length or 0)
 
-    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        n = len(rows)
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.pack(rows) if self.packing else self.pad(rows)
+
+    def pad(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """One example per row, right-padded to the longest."""
+        lengths = [len(r["input_ids"]) for r in rows]
+        width, n = max(lengths), len(rows)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            input_ids[i, :k] = torch.tensor(r["input_ids"])
-            labels[i, :k] = torch.tensor(r["labels"])
+        for i, (r, k) in enumerate(zip(rows, lengths, strict=True)):
+            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
+            labels[i, :k] = torch.as_tensor(r["labels"])
             attention_mask[i, :k] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "num_tokens": torch.tensor(sum(lengths)),
+        }
+
+    def pack(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Several examples per row, each with its own positions; rows right-padded.
+
+        The first label of every example is set to ``-100``: in a row it would otherwise
+        be the target of the previous example's last token. (Unpacked, the first label is
+        never a target either, so the loss is unchanged.) Pad tokens at the end of a row
+        continue the last example's positions; being after it, they cannot affect it.
+        """
+        lengths = [len(r["input_ids"]) for r in rows]
+        layout = pack_rows(lengths, max(self.pack_length, max(lengths)))
+        width = max(sum(lengths[i] for i in row) for row in layout)
+        n = len(layout)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+        positions = torch.arange(width)
+        for r, row in enumerate(layout):
+            start = 0
+            for i in row:
+                k = lengths[i]
+                input_ids[r, start : start + k] = torch.as_tensor(rows[i]["input_ids"])
+                labels[r, start + 1 : start + k] = torch.as_tensor(rows[i]["labels"][1:])
+                position_ids[r, start : start + k] = positions[:k]
+                start += k
+            if start < width:  # the pad tail continues the last example's positions
+                last = position_ids[r, start - 1] + 1
+                position_ids[r, start:] = positions[: width - start] + last
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "labels": labels,
+            "num_tokens": torch.tensor(sum(lengths)),
+        }
+
+
+def _compact(key: str, value: Any) -> Any:
+    if key in ("input_ids", "labels") and isinstance(value, list | tuple):
+        return np.asarray(value, dtype=np.int32)
+    return value
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -54,7 +120,11 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.plugins = plugins
 
     def encode(self, split: str) -> list[dict]:
-        """Tokenise ``split`` once (cached) through the objective's encode hook."""
+        """Tokenise ``split`` once (cached) through the objective's encode hook.
+
+        Token ids and labels are kept as int32 arrays: a quarter of the memory of Python
+        lists, and batches are built from them by a copy, not element by element.
+        """
         if split not in self.encoded:
             assert self.plugins is not None, "call connect() first"
             name = str(self.cfg.objective)
@@ -64,8 +134,8 @@ class FineTuneDataModule(pl.LightningDataModule):
                 enc = self.plugins.hook.tunesmith_encode_example(
                     name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg
                 )
-                if enc is not None and any(label != IGNORE_INDEX for label in enc["labels"]):
-                    rows.append(enc)
+                if enc is not None and max(enc["labels"], default=IGNORE_INDEX) > IGNORE_INDEX:
+                    rows.append({k: _compact(k, v) for k, v in enc.items()})
             self.encoded[split] = rows
         return self.encoded[split]
 
@@ -78,16 +148,39 @@ class FineTuneDataModule(pl.LightningDataModule):
             )
         self.encode("val")
 
+    def collator(self, packing: bool | None = None) -> Collator:
+        """The collate function ``data.packing`` and ``data.pack_length`` ask for."""
+        data_cfg = self.cfg.data
+        if packing is None:
+            packing = bool(data_cfg.get("packing", False))
+        return Collator(
+            self.tokenizer.pad_token_id,
+            packing=packing,
+            pack_length=int(data_cfg.get("pack_length") or data_cfg.get("max_length") or 0),
+        )
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data_cfg = self.cfg.data
-        generator = torch.Generator().manual_seed(int(self.cfg.seed))
+        rows = self.encoded[split]
+        batch_size = int(data_cfg.batch_size)
+        lengths = [len(r["input_ids"]) for r in rows]
+        order: dict[str, Any] = {}
+        if not shuffle:
+            # Longest first: less padding, and a batch too big for memory fails at once. The
+            # order does not change a token-weighted loss or metric.
+            order["sampler"] = sorted(range(len(rows)), key=lambda i: -lengths[i])
+        elif bool(data_cfg.get("group_by_length", False)):
+            order["sampler"] = LengthGroupedSampler(lengths, batch_size, int(self.cfg.seed))
+        else:
+            order["shuffle"] = True
+            order["generator"] = torch.Generator().manual_seed(int(self.cfg.seed))
         return DataLoader(
-            self.encoded[split],
-            batch_size=int(data_cfg.batch_size),
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
-            collate_fn=Collator(self.tokenizer.pad_token_id),
+            rows,
+            batch_size=batch_size,
+            # validation batches stay padded: callbacks read them as the model's usual input
+            collate_fn=self.collator(packing=None if shuffle else False),
             num_workers=int(data_cfg.get("num_workers", 0)),
+            **order,
         )
 
     def train_dataloader(self) -> DataLoader:

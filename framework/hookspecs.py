@@ -224,7 +224,11 @@ def tunesmith_compute_loss(
     Args:
         name: ``cfg.objective``.
         model: the model being trained.
-        batch: the collated batch (``input_ids``, ``attention_mask``, ``labels``).
+        batch: the collated batch: ``input_ids``, ``labels``, ``num_tokens`` and either
+            ``attention_mask`` (padded) or ``position_ids`` (``data.packing=true``: several
+            examples per row, no mask). Run the model with
+            ``model(**framework.losses.model_inputs(batch))``, which keeps packed examples
+            apart; ``model(**batch)`` would not.
         cfg: the whole run config.
 
     Returns:

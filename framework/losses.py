@@ -35,26 +35,52 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return decoder, head
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments that run a model on ``batch``, padded or packed.
+
+    A padded batch passes its ``attention_mask``; a packed batch passes its ``position_ids``
+    and no mask, which is how transformers knows to keep the packed examples apart. The KV
+    cache is off: training never reuses it, and with a cache transformers would not look for
+    packed sequences. Use this in a loss plugin instead of ``model(**batch)``.
+    """
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    else:
+        inputs["attention_mask"] = batch["attention_mask"]
+    return inputs
+
+
+def ensure_packing_supported(model: Any) -> None:
+    """Check once per model that packed examples stay apart (see ``check_packing_isolation``)."""
+    if getattr(model, "_tunesmith_packing_checked", False):
+        return
+    from framework.packing import check_packing_isolation
+
+    check_packing_isolation(model)
+    object.__setattr__(model, "_tunesmith_packing_checked", True)
+
+
 def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over positions whose label is not ``-100``.
 
     Equal to ``model(**batch).loss`` but computes the (large) vocabulary projection only at
-    the labelled positions, which are a minority when the prompt is masked.
+    the labelled positions, which are a minority when the prompt is masked. Takes padded
+    and packed batches alike (see :func:`model_inputs`).
     """
     labels = batch["labels"]
-    parts = _decoder_and_head(model)
-    if parts is None:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        # prompt tuning prepends virtual tokens to the outputs: keep the input positions
-        logits = out.logits[:, -labels.shape[1] : -1]
-        targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        return F.cross_entropy(logits[mask].float(), targets[mask])
-    decoder, head = parts
-    hidden = decoder(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
+    parts = _decoder_and_head(model)
+    if parts is None:
+        if "position_ids" in batch:
+            ensure_packing_supported(model)
+        # prompt tuning prepends virtual tokens to the outputs: keep the input positions
+        logits = model(**model_inputs(batch)).logits[:, -labels.shape[1] :][:, :-1]
+        return F.cross_entropy(logits[mask].float(), targets[mask])
+    decoder, head = parts
+    if "position_ids" in batch:
+        ensure_packing_supported(decoder)
+    hidden = decoder(**model_inputs(batch)).last_hidden_state
     logits = head(hidden[:, :-1][mask])
     return F.cross_entropy(logits.float(), targets[mask])

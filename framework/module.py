@@ -40,7 +40,8 @@ class FineTuneModule(pl.LightningModule):
         if not self._window:  # the throughput window starts before the first batch
             self._window.append((time.perf_counter(), self._tokens))
         # non-pad tokens, kept on the device: no host sync until Lightning writes the logs
-        self._tokens = self._tokens + batch["attention_mask"].sum()
+        n = batch.get("num_tokens")  # set by the collator (packed rows have no padding)
+        self._tokens = self._tokens + (n if n is not None else batch["attention_mask"].sum())
         loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         # the learning rate this step's update uses (the scheduler steps after it)

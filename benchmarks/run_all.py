@@ -1,0 +1,239 @@
+"""Run every benchmark and write ``benchmarks/RESULTS.md`` (``make bench`` runs this).
+
+Each benchmark runs in a process of its own (``bench_startup.py``, ``bench_train.py``,
+``bench_eval.py``) and hands its figures back as JSON; this script adds the machine
+description (CPU model, cores, load, library versions) and compares every figure with the
+targets of issue 8.
+
+Run: ``python benchmarks/run_all.py`` (about 15 minutes on 2 cores) or ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_eval import smollm2_cached  # noqa: E402
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, memory, load and the versions that matter."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+    try:
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+        info["memory"] = f"{mem_kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    for pkg in ("torch", "transformers", "peft", "lightning", "hydra-core", "tokenizers"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = "not installed"
+    return info
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _bench(script: str, args: list[str], out: Path) -> dict:
+    cmd = [sys.executable, str(HERE / script), *args, "--json", str(out)]
+    print(f"$ {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed (exit {proc.returncode})")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def render(
+    info: dict,
+    loads: tuple[str, str],
+    startup: dict,
+    train: dict,
+    evals: dict,
+    args: argparse.Namespace,
+) -> str:
+    w = train["workload"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python benchmarks/run_all.py` on {dt.datetime.now():%Y-%m-%d %H:%M}. "
+        "Ratios are what to read: they compare runs made alternately under the same load.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in info.items()),
+        f"| load average (1/5/15 min) before | {loads[0]} |",
+        f"| load average after | {loads[1]} |",
+        f"| torch threads | {args.threads or 'torch default'} |",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+    ]
+    for what, value, goal, met in train["ratios"]:
+        lines.append(f"| {what} | {fmt(value, 3)} | {goal} | {'met' if met else '**missed**'} |")
+    for label, r in startup.items():
+        lines.append(
+            f"| `python run.py {label}` | {fmt(r['median_s'])} s | < 2 s, no heavy import | "
+            f"{'met' if r['met'] else '**missed**'} |"
+        )
+    for e in evals:
+        lines.append(
+            f"| batched generation vs one prompt at a time ({e['model']}) | "
+            f"{fmt(e['speedup'])}x, identical {e['identical']}/{e['prompts']} | "
+            f">= 4x, all identical | {'met' if e['met'] else '**missed**'} |"
+        )
+    lines += [
+        "",
+        "## Training (issue 8 workload)",
+        "",
+        f"Random Llama, hidden 256, 4 layers, 4 heads, intermediate 688 ({w['parameters']:,} "
+        f"parameters, vocabulary {w['vocab']}); {w['records']} alpaca records, median "
+        f"{w['tokens_median']:.0f} tokens, longest {w['tokens_max']} (truncated at 256; padding "
+        f"to the longest of a random batch of 8 wastes {100 * w['padding_share_batch8']:.0f}% of "
+        f"the tokens); LoRA r=8 alpha=16 on q_proj,v_proj, lr 1e-4, batch 8, fp32, seed 42, "
+        f"{train['steps']} optimizer steps, no evaluation. Medians of {train['rounds']} rounds; "
+        "each run is a fresh process.",
+        "",
+        "| run | non-pad tokens/s | time to 1st step | peak RSS | tokens per CPU-second | "
+        "CPU-s to 1st step | loss at step 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in train["summary"].items():
+        lines.append(
+            f"| {name} | {fmt(s['tokens_per_s'], 0)} | {fmt(s['time_to_first_step_s'])} s | "
+            f"{fmt(s['peak_rss_mib'], 0)} MiB | {fmt(s['tokens_per_cpu_s'], 0)} | "
+            f"{fmt(s['cpu_to_first_step_s'])} | {s['first_loss']:.4f} |"
+        )
+    lines += [
+        "",
+        "* `plain`: the PyTorch + PEFT loop in `benchmarks/plain_loop.py` (padding to the longest).",
+        "* `same`: tunesmith, same padding and math (`data.packing=false data.group_by_length=false`).",
+        "* `defaults`: tunesmith with its defaults (`conf/data/demo.yaml`).",
+        *(
+            f"* `{name}`: tunesmith with `{' '.join(runs[0].get('overrides', []))}`."
+            for name, runs in train["runs"].items()
+            if name not in ("plain", "same", "defaults")
+        ),
+        "",
+        "Every run of a round:",
+        "",
+        "| round | run | tokens/s | time to 1st step | peak RSS |",
+        "|---|---|---|---|---|",
+    ]
+    for name, runs in train["runs"].items():
+        for i, r in enumerate(runs):
+            lines.append(
+                f"| {i + 1} | {name} | {fmt(r['tokens_per_s'], 0)} | "
+                f"{fmt(r['time_to_first_step_s'])} s | {fmt(r['peak_rss_mib'], 0)} MiB |"
+            )
+    lines += [
+        "",
+        "## Start-up",
+        "",
+        "| command | median | runs | heaviest imports |",
+        "|---|---|---|---|",
+    ]
+    for label, r in startup.items():
+        heaviest = ", ".join(f"{m} {ms:.0f} ms" for ms, m in r["top_imports_ms"][:3])
+        runs = ", ".join(f"{t:.2f}" for t in r["times_s"])
+        lines.append(f"| `python run.py {label}` | {fmt(r['median_s'])} s | {runs} | {heaviest} |")
+    lines += ["", "## Evaluation", ""]
+    for e in evals:
+        what = (
+            "SmolLM2-135M-Instruct on the demo data's test split"
+            if e["model"] == "smollm2"
+            else "the workload's random Llama on its test split (answers run to the limit)"
+        )
+        lines += [
+            f"* {what}: {e['prompts']} prompts, greedy, `max_new_tokens={e['max_new_tokens']}`, "
+            f"{e['answer_tokens']} answer tokens, through `framework.evaluation.generate`: "
+            f"batches of {e['batch_size']} took {fmt(e['batched_s'])} s, one prompt at a time "
+            f"{fmt(e['one_at_a_time_s'])} s: **{fmt(e['speedup'])}x**; {e['identical']} of "
+            f"{e['prompts']} answers identical.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="alternating training rounds")
+    parser.add_argument("--quick", action="store_true", help="2 rounds, fewer repeats")
+    parser.add_argument("--threads", type=int, help="torch threads of the training runs")
+    parser.add_argument("--variants", default="same,defaults,grouped,same_cold")
+    parser.add_argument(
+        "--eval-models", default="workload,smollm2", help="smollm2 runs only if it is cached"
+    )
+    parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    rounds = 2 if args.quick else args.rounds
+    before = load_average()
+    with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        startup = _bench(
+            "bench_startup.py", ["--repeat", "3" if args.quick else "5"], tmp / "s.json"
+        )
+        train_args = ["--rounds", str(rounds), "--variants", args.variants]
+        if args.threads:
+            train_args += ["--threads", str(args.threads)]
+        train = _bench("bench_train.py", train_args, tmp / "t.json")
+        evals = []
+        for model in args.eval_models.split(","):
+            if model == "smollm2" and not smollm2_cached():
+                print("SmolLM2 is not converted yet (run the demo once): its eval is skipped")
+                continue
+            eval_args = ["--model", model, "--samples", str(args.eval_samples)]
+            eval_args += ["--repeat", "1" if args.quick else "2"]
+            if args.threads:
+                eval_args += ["--threads", str(args.threads)]
+            evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
+    text = render(machine(), (before, load_average()), startup, train, evals, args)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
