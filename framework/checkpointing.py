@@ -155,11 +155,20 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             and not trainer.sanity_checking
             and not trainer.fast_dev_run
         ):
-            # A validation at this same step must still be able to save its top-k
-            # checkpoint, which Lightning skips for a step already saved.
-            previous = self._last_global_step_saved
             self.save_last_now(trainer)
-            self._last_global_step_saved = previous
+            self._last_saved_at_limit = trainer.global_step
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        # A validation at the step that reached max_steps: Lightning would skip it as already
+        # saved. Keep its top-k checkpoint, but leave the mid-epoch last.ckpt as it is.
+        if (
+            getattr(self, "_last_saved_at_limit", None) == trainer.global_step
+            and self.monitor is not None
+            and not trainer.sanity_checking
+        ):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_validation_end(trainer, pl_module)
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

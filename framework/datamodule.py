@@ -184,6 +184,9 @@ class FineTuneDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if bool(self.cfg.data.get("group_by_length", False)):
+            # Length-grouped order; an interrupted run resumes it at the epoch boundary.
+            return self._loader("train", shuffle=True)
         # Resumable mid-epoch with the same data order (see framework/sampler.py).
         from framework.sampler import ResumableDataLoader
 
@@ -192,7 +195,7 @@ class FineTuneDataModule(pl.LightningDataModule):
             batch_size=int(self.cfg.data.batch_size),
             seed=int(self.cfg.seed),
             epoch=self.trainer.current_epoch if self.trainer is not None else 0,
-            collate_fn=Collator(self.tokenizer.pad_token_id),
+            collate_fn=self.collator(packing=None),  # packs rows when data.packing=true
             num_workers=int(self.cfg.data.get("num_workers", 0)),
         )
 

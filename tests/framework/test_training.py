@@ -197,7 +197,7 @@ def test_pretrain_objective_learns_every_token_of_plain_text(make_cfg, tmp_path:
     )
     run = fit(cfg)
     rows = encoded(run)
-    assert all(r["labels"] == r["input_ids"] for r in rows)  # no masking: every token counts
+    assert all(list(r["labels"]) == list(r["input_ids"]) for r in rows)  # every token counts
     assert rows[0]["input_ids"][-1] == run.tokenizer.eos_token_id
     text = run.hook.tunesmith_encode_example(
         name="pretrain", example={"text": "Paris is big."}, tokenizer=run.tokenizer, cfg=cfg
