@@ -49,6 +49,7 @@ def test_ddp_on_cpu_trains_two_processes_on_different_shards_and_saves_once(
         "data=alpaca",
         f"data.path={alpaca_file}",
         "data.batch_size=4",  # 32 training examples: 4 batches of 4 per process = one epoch
+        "data.packing=false",  # the probe reads each example from its padded row
         "stages=[prepare,train]",
         "trainer=ddp",
         "trainer.accelerator=cpu",

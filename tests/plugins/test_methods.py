@@ -229,8 +229,9 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
             def tunesmith_compute_loss(name, model, batch, cfg):
                 if name != "sft_smooth":
                     return None
-                logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits[:, :-1]
+                from framework.losses import model_inputs  # padded or packed batches
+
+                logits = model(**model_inputs(batch)).logits[:, :-1]
                 return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                        ignore_index=-100, label_smoothing=0.1)
             '''
