@@ -1,25 +1,50 @@
-"""The Hydra application behind run.py: compose, run the stages, report errors plainly."""
+"""The Hydra application behind run.py: check, compose, run the stages, report errors plainly.
+
+Every error a user can cause ends as one short message on stderr and a non-zero exit
+status, never a traceback:
+
+* 2: bad input (config, data, model folder, environment): a ``TunesmithError``, or a Hydra /
+  OmegaConf config error rephrased by :mod:`framework.config_check`;
+* 3: training diverged (NaN/inf loss);
+* 130 / 143: interrupted by Ctrl-C / SIGTERM (a checkpoint was saved; re-run to continue).
+
+The full traceback is shown with ``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from framework.errors import TunesmithError
+from framework.errors import ConfigError, TunesmithError
 from framework.resolvers import ROOT_DIR, register_resolvers
 
 log = logging.getLogger("tunesmith")
 
 CONFIG_DIR = str(ROOT_DIR / "conf")
+DEBUG_ENV = "TUNESMITH_DEBUG"
+
+#: Errors of the environment a user can fix (disk, permissions), reported without a traceback.
+ENV_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
+
+
+#: Set while :func:`hydra_raises` is active: what the user had in ``HYDRA_FULL_ERROR``.
+USER_HYDRA_FULL_ERROR = "TUNESMITH_USER_HYDRA_FULL_ERROR"
 
 
 def debug_enabled() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TUNESMITH_DEBUG") == "1"
+    """Whether the user asked for full tracebacks (``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``)."""
+    hydra_full = os.environ.get(USER_HYDRA_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR"))
+    return hydra_full == "1" or os.environ.get(DEBUG_ENV) == "1"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -40,6 +65,18 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     return None if node is None else float(node)
 
 
+def _log_to_files(message: str) -> None:
+    """Put ``message`` in the run's log file only (the console gets it once, from main)."""
+    record = logging.LogRecord("tunesmith", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+#: A single run's error, kept here so that main() reports it (Hydra would print a banner).
+_pending: list[TunesmithError] = []
+
+
 def in_multirun() -> bool:
     """Whether this job is one of a multirun (``-m``, or ``hydra.mode=MULTIRUN``)."""
     from hydra.core.hydra_config import HydraConfig
@@ -56,17 +93,81 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
+        from framework.stops import RunInterrupted
+
+        if multirun and isinstance(err, RunInterrupted):  # Ctrl-C / SIGTERM stops the sweep
+            raise
         if multirun and not debug_enabled():
             sweep.job_failed(err)  # recorded in job.json by the sweep callback; the sweep goes on
             return None
         if not isinstance(err, TunesmithError) or debug_enabled():
             raise
-        log.error("%s", err.format())
-        print(f"\nerror: {err.format()}", file=sys.stderr)
-        sys.exit(2)
+        _log_to_files(err.format())
+        _pending.append(err)  # main() reports it: one message, no Hydra banner
+        return None
     if multirun:
         sweep.job_finished(metrics)
     return optimized_value(cfg, metrics)
+
+
+def as_user_error(exc: BaseException) -> TunesmithError | None:
+    """The :class:`TunesmithError` to show for ``exc``, or ``None`` if it is a bug."""
+    from hydra.errors import HydraException
+
+    from framework.config_check import explain
+
+    if isinstance(exc, TunesmithError):
+        return exc
+    if isinstance(exc, HydraException | OmegaConfBaseException):
+        return explain(exc)
+    if isinstance(exc, ValueError) and _raised_by_hydra(exc):  # e.g. conflicting flags
+        return ConfigError(str(exc), hint="python run.py --hydra-help lists Hydra's flags.")
+    if isinstance(exc, OSError) and exc.errno in ENV_ERRNOS:
+        from framework.run import SaveError, describe_disk
+
+        where = exc.filename or None
+        disk = describe_disk(os.path.dirname(str(where))) if where else ""
+        return SaveError(
+            f"Cannot write {where or 'a file'}: {exc.strerror}",
+            where=f"{where} ({disk})" if where and disk else where,
+            hint="free disk space or fix the permissions, or write elsewhere with "
+            "paths.output_dir=... (or TUNESMITH_OUTPUT=...).",
+        )
+    return None
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and f"{os.sep}hydra{os.sep}" in last.tb_frame.f_code.co_filename
+
+
+def report(err: TunesmithError) -> int:
+    """Print ``err`` for the user; return the exit status."""
+    from framework.stops import RunInterrupted
+
+    print(f"\nerror: {err.format()}", file=sys.stderr, flush=True)
+    if not isinstance(err, RunInterrupted):
+        print(f"(for the full traceback: HYDRA_FULL_ERROR=1 or {DEBUG_ENV}=1)", file=sys.stderr)
+    return int(getattr(err, "exit_code", 2))
+
+
+@contextmanager
+def hydra_raises() -> Iterator[None]:
+    """Let Hydra raise errors instead of printing them, so they can be rephrased here."""
+    old = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ[USER_HYDRA_FULL_ERROR] = old or ""  # seen by jobs in launcher processes too
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(USER_HYDRA_FULL_ERROR, None)
+        if old is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = old
 
 
 def main() -> None:
@@ -76,7 +177,29 @@ def main() -> None:
 
         sys.exit(plugins_main(sys.argv[2:]))
     register_resolvers()
-    hydra_main()
+    debug = debug_enabled()
+    try:
+        from framework.config_check import check_command_line
+
+        check_command_line(sys.argv[1:], CONFIG_DIR)
+        with hydra_raises():
+            hydra_main()
+        if _pending:
+            raise _pending.pop()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            "\nInterrupted (Ctrl-C). Re-run the same command to continue: finished stages "
+            "are kept, training resumes from its last checkpoint.",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except Exception as exc:
+        err = as_user_error(exc)
+        if err is None or debug:
+            raise
+        sys.exit(report(err))
     from framework.sweep import exit_status
 
     sys.exit(exit_status())

@@ -203,7 +203,20 @@ class FineTuneDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        if bool(self.cfg.data.get("group_by_length", False)):
+            # Length-grouped order; an interrupted run resumes it at the epoch boundary.
+            return self._loader("train", shuffle=True)
+        # Resumable mid-epoch with the same data order (see framework/sampler.py).
+        from framework.sampler import ResumableDataLoader
+
+        return ResumableDataLoader(
+            self.encoded["train"],
+            batch_size=int(self.cfg.data.batch_size),
+            seed=int(self.cfg.seed),
+            epoch=self.trainer.current_epoch if self.trainer is not None else 0,
+            collate_fn=self.collator(packing=None),  # packs rows when data.packing=true
+            num_workers=int(self.cfg.data.get("num_workers", 0)),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if self.encoded.get("val") else []

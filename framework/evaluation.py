@@ -107,7 +107,8 @@ def batch_token_stats(model: Any, batch: dict[str, Any]) -> TokenStats:
             logits = head(hidden[:, :-1][mask])
         else:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits = out.logits[:, :-1][mask]
+            # prompt tuning prepends virtual tokens: keep the positions of the real ones
+            logits = out.logits[:, -batch["labels"].shape[1] :][:, :-1][mask]
     return stats_from_logits(logits, targets[mask])
 
 
@@ -191,7 +192,7 @@ def choice_logliks(
             batch = {k: v.to(model.device) for k, v in collate(flat[i : i + bs]).items()}
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits[:, :-1]
+            ).logits[:, -batch["labels"].shape[1] :][:, :-1]
             targets = batch["labels"][:, 1:]
             mask = targets != IGNORE_INDEX
             logp = F.log_softmax(logits.float(), dim=-1)

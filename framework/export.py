@@ -147,7 +147,7 @@ def merged_model(run: Run) -> tuple[Any, Any]:
     base_run = dataclasses.replace(
         run, cfg=base_cfg, model=None, tokenizer=None, trained=False, metrics={}
     )
-    base, base_tok = base_run.build_base()
+    base, base_tok = base_run.build_base(method_load=False)
     if is_quantized(base):
         raise ModelError(
             f"The base model for the merge came out quantized although "
@@ -267,6 +267,11 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def _split_size(entry: Any) -> int:
+    """A split's example count from ``report.json`` (a dict with ``examples``, or a count)."""
+    return int(entry.get("examples", 0)) if isinstance(entry, dict) else int(entry or 0)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -376,12 +381,18 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
                 ["", ""],
                 [
                     ["data set", f"{cfg.data.get('name')} (format `{cfg.data.get('format')}`)"],
-                    ["files", report.get("files")],
-                    ["fingerprint (data files + data settings, -seed)", report.get("fingerprint")],
+                    [
+                        "files",
+                        ", ".join(f for src in report.get("sources", []) for f in src["files"]),
+                    ],
+                    ["fingerprint (data files + data settings)", report.get("fingerprint")],
                     ["examples loaded", report.get("loaded")],
                     ["rejected", rejected],
-                    ["removed in cleaning", report.get("removed")],
-                    ["train / val / test", " / ".join(str(splits.get(s, 0)) for s in SPLITS)],
+                    ["removed in cleaning", sum((report.get("cleaning") or {}).values())],
+                    [
+                        "train / val / test",
+                        " / ".join(str(_split_size(splits.get(s))) for s in SPLITS),
+                    ],
                 ],
             )
         )

@@ -153,6 +153,26 @@ def tunesmith_build_model(name: str, cfg: DictConfig) -> tuple[Any, Any] | None:
 
 
 @hookspec(firstresult=True)
+def tunesmith_model_load_kwargs(name: str, cfg: DictConfig) -> dict[str, Any] | None:
+    """Extra ``from_pretrained`` arguments the fine-tuning method ``name`` needs.
+
+    Called by :meth:`framework.run.Run.build_base` with ``name = cfg.method.name`` before it
+    calls :func:`tunesmith_build_model`; the result is in force for every
+    ``framework.models.load_pretrained`` call the model plugin makes (so model plugins need
+    not know about methods). ``method=qlora`` returns a 4-bit ``quantization_config``.
+
+    Args:
+        name: the method (``cfg.method.name``).
+        cfg: the whole run config.
+
+    Returns:
+        A dict of keyword arguments for ``AutoModelForCausalLM.from_pretrained``
+        (``quantization_config``, ``device_map``, ``attn_implementation``...), or ``None``
+        when the method needs none or the plugin does not serve ``name``. First result wins.
+    """
+
+
+@hookspec(firstresult=True)
 def tunesmith_apply_method(name: str, model: Any, cfg: DictConfig) -> Any | None:
     """Make ``model`` trainable with the fine-tuning method ``name`` (``method=<name>``).
 

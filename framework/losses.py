@@ -75,7 +75,8 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if parts is None:
         if "position_ids" in batch:
             ensure_packing_supported(model)
-        logits = model(**model_inputs(batch)).logits[:, :-1]
+        # prompt tuning prepends virtual tokens to the outputs: keep the input positions
+        logits = model(**model_inputs(batch)).logits[:, -labels.shape[1] :][:, :-1]
         return F.cross_entropy(logits[mask].float(), targets[mask])
     decoder, head = parts
     if "position_ids" in batch:

@@ -16,6 +16,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -55,6 +56,12 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.human_eval",
     "plugins.exports.adapter",
     "plugins.serve_stages",
+    "plugins.methods.freeze",
+    "plugins.methods.dora",
+    "plugins.methods.ia3",
+    "plugins.methods.prompt_tuning",
+    "plugins.methods.prefix_tuning",
+    "plugins.methods.qlora",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"
@@ -130,6 +137,22 @@ def _package_of(plugin: object, dist: importlib.metadata.Distribution | None) ->
     return "cfg.plugins"
 
 
+def _say(message: str) -> None:
+    """Warn the user: through logging when it is set up (a Hydra run), else on stderr."""
+    if logging.getLogger().hasHandlers():
+        log.warning("%s", message)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _report_failure(name: str, source: str, exc: BaseException) -> None:
+    _say(
+        f"plugin '{name}' ({source}) failed to load and is left out: "
+        f"{type(exc).__name__}: {exc}. The other plugins work; to silence this, fix or "
+        f"uninstall it, or set {DISABLE_ENV}={name}."
+    )
+
+
 def _disabled() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
 
@@ -156,21 +179,30 @@ def build_plugin_manager(
     failed: dict[str, str] = {}
     dists: dict[str, importlib.metadata.Distribution | None] = {}
 
+    seen: set[str] = set()
     for modname in INTREE_PLUGINS:
+        seen.add(modname)
         if modname in disabled:
             continue
-        pm.register(importlib.import_module(modname), name=modname)
+        try:
+            plugin = importlib.import_module(modname)
+        except Exception as exc:  # e.g. an optional dependency is missing: the rest still works
+            failed[modname] = f"{type(exc).__name__}: {exc}"
+            _report_failure(modname, modname, exc)
+            continue
+        pm.register(plugin, name=modname)
         dists[modname] = None
 
     if entry_points:
         for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
+            seen.add(ep.name)
             if ep.name in disabled or pm.has_plugin(ep.name):
                 continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party plugin must not take the rest down
                 failed[ep.name] = f"{type(exc).__name__}: {exc}"
-                log.warning("plugin '%s' (%s) failed to load: %s", ep.name, ep.value, exc)
+                _report_failure(ep.name, ep.value, exc)
                 continue
             pm.register(plugin, name=ep.name)
             dists[ep.name] = ep.dist
@@ -200,9 +232,21 @@ def build_plugin_manager(
             hint="fix the hook name (all hooks start with 'tunesmith_').",
         ) from exc
 
+    seen.update(str(m) for m in extra)
+    for name in sorted(disabled - seen):
+        _say(
+            f"{DISABLE_ENV} names '{name}', but no plugin has that name.{did_you_mean(name, seen)}"
+        )
+
     manager = TunesmithPluginManager(pm=pm, failed=failed)
     for impl in pm.hook.tunesmith_provides.get_hookimpls():
-        provided = impl.function() or {}
+        try:
+            provided = impl.function() or {}
+        except Exception as exc:  # its names cannot be known: leave the plugin out
+            failed[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
+            _report_failure(impl.plugin_name, "tunesmith_provides()", exc)
+            pm.unregister(name=impl.plugin_name)
+            continue
         package = _package_of(impl.plugin, dists.get(impl.plugin_name))
         for stage, names in provided.items():
             for name in names:

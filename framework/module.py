@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,47 +23,64 @@ class FineTuneModule(pl.LightningModule):
         self.cfg = cfg
         self.plugins = plugins
         self.objective = str(cfg.objective)
-        self._tokens: Any = 0
-        self._loss_sum: Any = 0.0  # losses since the progress bar last showed one
-        self._loss_steps = 0
-        self._t0: float | None = None
+        self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
+        self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.plugins.hook.tunesmith_compute_loss(
             name=self.objective, model=self.model, batch=batch, cfg=self.cfg
         )
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns a model in eval mode and Lightning keeps the modes it finds:
+        # dropout and gradient checkpointing need train mode.
+        self.model.train()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-        loss = self.loss(batch)
-        # A tensor sum, read only at the logging interval: no host sync per step.
-        n = batch.get("num_tokens")
+        if not self._window:  # the throughput window starts before the first batch
+            self._window.append((time.perf_counter(), self._tokens))
+        # non-pad tokens, kept on the device: no host sync until Lightning writes the logs
+        n = batch.get("num_tokens")  # set by the collator (packed rows have no padding)
         self._tokens = self._tokens + (n if n is not None else batch["attention_mask"].sum())
-        # Logged every step, converted to a number only at the logging interval. (A prog_bar
-        # value would be read back every step: a host sync on a GPU.)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        self._loss_sum = self._loss_sum + loss.detach()
-        self._loss_steps += 1
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        # the learning rate this step's update uses (the scheduler steps after it)
+        self.log("train/lr", self._current_lr(), on_step=True, on_epoch=False)
         return loss
 
+    def _current_lr(self) -> float:
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+        return float(optimizer.param_groups[0]["lr"])
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (self.trainer.global_step % max(1, self.trainer.log_every_n_steps)) == 0:
-            elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
-            if elapsed > 0:
-                self.log("train/tokens_per_s", float(self._tokens) / elapsed, on_step=True)
-            sched = self.lr_schedulers()
-            if sched is not None:
-                self.log("train/lr", sched.get_last_lr()[0], on_step=True)
-            self.log("train/peak_mem_mb", _peak_memory_mb(), on_step=True)
-            if self._loss_steps:  # the progress bar: mean loss since it was last shown
-                mean = float(self._loss_sum) / self._loss_steps
-                self.log("loss", torch.tensor(mean), prog_bar=True, logger=False, on_step=True)
-                self._loss_sum, self._loss_steps = 0.0, 0
+        """Log tokens/s and peak memory (Lightning writes every ``log_every_n_steps``).
+
+        Tokens per second are non-pad tokens of this process over the last
+        ``trainer.log_every_n_steps`` optimizer steps (a moving window, so a slow first step
+        does not weigh on later figures).
+        """
+        trainer = self.trainer
+        self._window.append((time.perf_counter(), self._tokens))
+        span = max(1, trainer.log_every_n_steps) * max(1, trainer.accumulate_grad_batches)
+        while len(self._window) > span + 1:
+            self._window.popleft()
+        (t0, n0), (t1, n1) = self._window[0], self._window[-1]
+        if t1 > t0:
+            rate = torch.as_tensor(n1 - n0, dtype=torch.float32) / (t1 - t0)
+            self.log("train/tokens_per_s", rate, on_step=True, on_epoch=False)
+        self.log("train/peak_mem_mb", peak_memory_mb(), on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        self.log("val/loss", self.loss(batch), prog_bar=True, on_epoch=True, batch_size=max(n, 1))
+        self.log(
+            "val/loss",
+            self.loss(batch),
+            prog_bar=True,
+            on_epoch=True,
+            batch_size=max(n, 1),
+            sync_dist=True,  # the mean over every process under DDP
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler
@@ -86,21 +104,42 @@ class FineTuneModule(pl.LightningModule):
         warmup = optim.get("warmup_steps")
         if warmup is None:
             warmup = int(float(optim.get("warmup_ratio", 0.0)) * total)
-        scheduler = get_scheduler(
-            str(optim.scheduler),
-            optimizer,
-            num_warmup_steps=int(warmup),
-            num_training_steps=max(total, 1),
-        )
+        name = str(optim.scheduler)
+        if name == "constant" and int(warmup) > 0:
+            name = "constant_with_warmup"  # transformers' "constant" ignores the warm-up
+        try:
+            scheduler = get_scheduler(
+                name,
+                optimizer,
+                num_warmup_steps=int(warmup),
+                num_training_steps=max(total, 1),
+            )
+        except ValueError as exc:
+            from framework.errors import ConfigError
+
+            raise ConfigError(
+                f"Unknown learning-rate schedule '{name}': {exc}",
+                where="optim.scheduler",
+                hint="constant | linear | cosine | cosine_with_restarts | polynomial | "
+                "inverse_sqrt (transformers.get_scheduler names)",
+            ) from exc
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
 
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
+def peak_memory_mb() -> float:
+    """Peak memory of this process in MiB: CUDA memory allocated on a GPU, else peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
+    return peak_rss_mb()
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (``ru_maxrss``)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

@@ -1,27 +1,288 @@
-"""The pipeline: build the plugin manager, then run each stage of ``cfg.stages`` in order."""
+"""The pipeline: build the plugin manager, then run each stage of ``cfg.stages`` in order.
+
+Re-running a command finds the same run directory, and :func:`plan_stages` decides what to
+do with what is already there:
+
+* an unfinished run (interrupted, killed, failed) continues: stages already done are
+  skipped and training resumes from ``last.ckpt``;
+* a finished run is never silently overwritten. The same command again only says it is
+  finished; a larger ``trainer.max_steps`` / ``trainer.max_epochs`` *extends* it (training
+  continues from its last checkpoint, then the later stages run again); changed
+  ``evaluator.*`` / ``export.*`` settings re-run those stages; any other change is refused
+  with the ways to start a new run;
+* ``force=true`` starts the run over in place.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from framework.errors import ConfigError
+from framework.distributed import EVERY_RANK_STAGES, is_global_zero
+from framework.errors import ConfigError, TunesmithError
 from framework.manager import build_plugin_manager
-from framework.run import Run
+from framework.run import (
+    STATE_FILE,
+    Run,
+    SaveError,
+    check_writable,
+    read_checkpoint_note,
+    remove_stale_temps,
+    run_lock,
+    write_text,
+)
+from framework.stops import RunInterrupted
 
 log = logging.getLogger(__name__)
 
+#: Keys whose change says nothing about the run's result (never blocks a re-run).
+HARMLESS_KEYS = (
+    "force",
+    "stages",
+    "paths.",
+    "plugins",
+    "serve.",
+    "callbacks.",
+    "logger.",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+)
+#: Keys that set how long training runs: raising them extends a finished run.
+BUDGET_KEYS = ("trainer.max_steps", "trainer.max_epochs")
+#: Keys that only a later stage reads: changing them re-runs that stage.
+STAGE_KEYS = {"evaluator.": "evaluate", "export.": "export"}
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (through Lightning) for a reproducible run."""
+
+def seed_everything(seed: int, torch: bool = True) -> None:
+    """Seed Python, NumPy and torch (through Lightning) for a reproducible run.
+
+    Args:
+        seed: the seed.
+        torch: also seed NumPy and torch (imports them; a prepare-only run does without).
+    """
     random.seed(seed)
-    from lightning.pytorch import seed_everything as _seed
+    if torch:
+        from lightning.pytorch import seed_everything as _seed
 
-    _seed(seed, workers=True, verbose=False)
+        _seed(seed, workers=True, verbose=False)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): node}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose value differs between two resolved configs (harmless ones left out)."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(HARMLESS_KEYS) or key in HARMLESS_KEYS:
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changed.append(key)
+    return changed
+
+
+def _saved_config(run: Run) -> dict[str, Any] | None:
+    path = run.dir / "config.yaml"
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def checkpoint_dir(run: Run) -> Path:
+    """Where the run's ``last.ckpt`` lives (the checkpoint callback's ``dirpath``)."""
+    node = OmegaConf.select(run.cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(str(node)) if node else run.dir / "checkpoints"
+
+
+def trained_steps(run: Run) -> int | None:
+    """The step of the run's last checkpoint (from ``last.json``), if there is one."""
+    info = read_checkpoint_note(checkpoint_dir(run))
+    return None if info is None else int(info.get("step", 0))
+
+
+def _epoch_limit(trainer: dict[str, Any]) -> float:
+    epochs = trainer.get("max_epochs")
+    steps = trainer.get("max_steps", -1)
+    if epochs is None:  # Lightning's default: 1000 epochs unless max_steps is set
+        return float("inf") if steps not in (None, -1) else 1000
+    return float("inf") if int(epochs) == -1 else int(epochs)
+
+
+def budget_extends(saved: dict[str, Any], current: dict[str, Any], step: int | None) -> bool:
+    """Whether ``current``'s training budget reaches beyond where the saved run stopped."""
+    old_t, new_t = saved.get("trainer") or {}, current.get("trainer") or {}
+    new_steps = int(new_t.get("max_steps", -1) or -1)
+    old_steps = int(old_t.get("max_steps", -1) or -1)
+    if new_steps > 0 and step is not None and new_steps <= step:
+        return False
+    stopped_by_steps = old_steps > 0 and step is not None and step >= old_steps
+    if stopped_by_steps:
+        return new_steps <= 0 or new_steps > step
+    return _epoch_limit(new_t) > _epoch_limit(old_t)
+
+
+def _how_to_go_on(run: Run) -> str:
+    return (
+        "to start a new run, give it a name: run_name=<new name> (or hydra.run.dir=<dir>); "
+        "to extend this one, raise the training budget (e.g. trainer.max_epochs=N or "
+        "trainer.max_steps=N: training continues from its last checkpoint); "
+        "to redo it from scratch in place, add force=true."
+    )
+
+
+def plan_stages(run: Run, stages: list[str], then_session: bool = False) -> list[str]:
+    """The stages to run now, given what the run directory already holds.
+
+    Args:
+        run: the run.
+        stages: the recorded stages asked for (session stages left out).
+        then_session: a session stage (chat, serve) follows; a finished run is then only
+            noted, not explained at length.
+
+    Returns:
+        The stages to run, in order; empty when the run is finished and nothing asks for more.
+
+    Raises:
+        ConfigError: the directory holds a finished run made with a different config.
+    """
+    cfg = run.cfg
+    state = run.state()
+    status, done = state["status"], list(state["stages_done"])
+    if cfg.get("force", False):
+        if status != "new":
+            log.warning("force=true: starting %s over (checkpoints removed)", run.dir)
+            shutil.rmtree(checkpoint_dir(run), ignore_errors=True)
+            (run.dir / STATE_FILE).unlink(missing_ok=True)
+        return stages
+    if status == "new":
+        return stages
+
+    saved = _saved_config(run)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(current, dict)
+    changed = config_changes(saved, current) if saved is not None else []
+    budget = [k for k in changed if k in BUDGET_KEYS]
+    by_stage = {
+        stage: [k for k in changed if k.startswith(prefix)] for prefix, stage in STAGE_KEYS.items()
+    }
+    other = [k for k in changed if k not in budget and not any(k in ks for ks in by_stage.values())]
+    step = trained_steps(run)
+
+    rerun: set[str] = {s for s in stages if s not in done}
+    extends = status != "finished" or (saved is not None and budget_extends(saved, current, step))
+    if budget and "train" in stages and extends:
+        rerun.add("train")
+    for stage, keys in by_stage.items():
+        if keys and stage in stages:
+            rerun.add(stage)
+
+    if status == "finished":
+        if other:
+            raise ConfigError(
+                "This run directory holds a finished run made with a different config "
+                f"(changed: {', '.join(other[:8])}{' ...' if len(other) > 8 else ''}). "
+                "Nothing was overwritten.",
+                where=str(run.dir),
+                hint=_how_to_go_on(run),
+            )
+        if not rerun:
+            at = f" after {step} training steps" if step is not None else ""
+            why = ""
+            if budget:
+                why = (
+                    f"\n  The new budget ({', '.join(f'{k}={OmegaConf.select(cfg, k)}' for k in budget)}) "
+                    "does not go beyond what it already trained."
+                )
+            holds = (
+                "its results are in metrics.json there"
+                if (run.dir / "metrics.json").exists()
+                else f"stages done: {', '.join(done)}"
+            )
+            if then_session:
+                log.info("Already done in %s: %s.", run.dir, ", ".join(stages))
+                return []
+            log.warning(
+                "This run is already finished%s: %s%s\n  Nothing was redone or overwritten; "
+                "%s.\n  What next: %s",
+                at,
+                run.dir,
+                why,
+                holds,
+                _how_to_go_on(run),
+            )
+            return []
+    elif other:
+        log.warning(
+            "Continuing an unfinished run whose config changed since it started: %s",
+            ", ".join(other),
+        )
+
+    # Once a stage runs again, every later stage runs again too (it reads the earlier output).
+    first = min((stages.index(s) for s in rerun), default=len(stages))
+    plan = stages[first:]
+    if status == "finished":
+        if "train" in plan and "train" in rerun and budget:
+            log.info(
+                "Extending the finished run %s: training continues from its last checkpoint "
+                "(step %s) with %s.",
+                run.dir,
+                step,
+                ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in budget),
+            )
+        elif changed:
+            log.info(
+                "Re-running %s of the finished run %s (changed: %s).",
+                ", ".join(plan),
+                run.dir,
+                ", ".join(changed),
+            )
+        else:
+            log.info("Running the stages not done yet in %s: %s.", run.dir, ", ".join(plan))
+    else:
+        skipped = stages[:first]
+        log.info(
+            "Continuing the %s run in %s%s%s.",
+            {"running": "killed", "failed": "stopped"}.get(status, status),
+            run.dir,
+            f" (already done: {', '.join(skipped)})" if skipped else "",
+            f"; its last checkpoint is at step {step}" if step is not None else "",
+        )
+    return plan
+
+
+def _interruption(exc: BaseException) -> TunesmithError | None:
+    """A :class:`RunInterrupted` for a Lightning ``SIGTERMException`` or a forced Ctrl-C exit."""
+    import signal
+
+    sigterm = type(exc).__name__ == "SIGTERMException"
+    # Lightning turns a second Ctrl-C during fit into sys.exit(1)
+    ctrl_c = isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+    if not (sigterm or ctrl_c):
+        return None
+    signum = signal.SIGTERM if sigterm else signal.SIGINT
+    return RunInterrupted(
+        f"The run was stopped by {'SIGTERM' if sigterm else 'Ctrl-C'}.",
+        hint="re-run the same command to continue from the last checkpoint.",
+        signum=signum,
+    )
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
@@ -33,10 +294,24 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             directory for the job).
 
     Returns:
-        The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate).
+        The metrics the stages reported (``{"base": {...}, "tuned": {...}}`` after evaluate);
+        for a finished run that had nothing to do, the metrics it saved.
+
+    Raises:
+        TunesmithError: bad input; :class:`framework.resilience.RunInterrupted` when a signal
+            stopped training after saving a checkpoint.
     """
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from framework.config_check import missing_values
+
+    missing = [k for k in missing_values(cfg) if not k.startswith("hydra.")]
+    if missing:
+        raise ConfigError(
+            f"These config values must be given (they are ??? in the config): {', '.join(missing)}.",
+            where=missing[0],
+            hint=f"add {missing[0]}=<value> to the command.",
+        )
+    check_writable(run_dir)
     plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
     stages = [str(s) for s in cfg.stages]
     if not stages:
@@ -44,40 +319,73 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     for stage in stages:
         plugins.require("stage", stage)
 
-    # Session stages (chat, serve) use a run without changing it: they are not recorded in
-    # run_state.json, run again every time, and leave the run's config.yaml as it was.
     sessions = set(plugins.names("session"))
+    # Session stages (chat, serve) use a run without changing it: they are not recorded in
+    # run_state.json, run again every time, leave the run's config.yaml as it was, and do
+    # not take the run's lock (a server may run for days beside other commands).
     run = Run(cfg=cfg, dir=run_dir, plugins=plugins)
-    config_path = run_dir / "config.yaml"
-    if any(s not in sessions for s in stages) or not config_path.exists():
-        config_path.write_text(run.resolved_config(), encoding="utf-8")
-    seed_everything(int(cfg.seed))
-    state = run.state()
-    if state["status"] == "finished" and not cfg.get("force", False):
-        done = [s for s in stages if s in state["stages_done"]]
-        if done == stages:
-            log.warning(
-                "This run is already finished: %s\n  Nothing was overwritten. To start a new run, "
-                "pick another directory (hydra.run.dir=... or change an override); to redo "
-                "its stages in place, add force=true.",
-                run_dir,
-            )
-            return run.saved_metrics()
-        if done:
-            log.info("already done in this run, skipped: %s", ", ".join(done))
-        stages = [s for s in stages if s not in done]
+    if not is_global_zero():
+        return run_as_worker(run, stages)
     recorded = [s for s in stages if s not in sessions]
+    plan: list[str] = []
     if recorded:
-        run.mark(status="running")
+        with run_lock(run_dir):
+            remove_stale_temps(run_dir)
+            plan = plan_stages(run, recorded, then_session=len(recorded) < len(stages))
+            if plan:
+                _run_recorded(run, plan)
+            elif run.state()["status"] != "finished":  # killed after its last stage ended
+                run.mark(status="finished")
+    elif not (run_dir / "config.yaml").exists():
+        write_text(run_dir / "config.yaml", run.resolved_config())
+    session_stages = [s for s in stages if s in sessions]
+    if session_stages:
+        seed_everything(int(cfg.seed))
+        for stage in session_stages:
+            log.info("stage: %s", stage)
+            plugins.hook.tunesmith_run_stage(name=stage, run=run)
+    return run.metrics if plan or session_stages else run.saved_metrics()
+
+
+def _run_recorded(run: Run, plan: list[str]) -> None:
+    """Run the recorded stages of ``plan`` and keep ``run_state.json`` up to date."""
+    try:
+        write_text(run.dir / "config.yaml", run.resolved_config())
+    except OSError as exc:
+        raise SaveError(f"Cannot write the run's config: {exc}", where=str(run.dir)) from exc
+    seed_everything(int(run.cfg.seed), torch=plan != ["prepare"])
+    run.mark(status="running", undo=plan, error=None)
+    try:
+        for stage in plan:
+            log.info("stage: %s", stage)
+            run.hook.tunesmith_run_stage(name=stage, run=run)
+            run.mark(stage=stage)
+    except BaseException as exc:
+        interrupted = _interruption(exc)
+        if isinstance(exc, KeyboardInterrupt):  # run.py reports it; callers may catch it
+            run.mark(status="interrupted", error="stopped by Ctrl-C")
+        elif interrupted is not None or isinstance(exc, RunInterrupted):
+            run.mark(status="interrupted", error=str(interrupted or exc).splitlines()[0])
+            if interrupted is not None:
+                raise interrupted from exc
+        else:
+            run.mark(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
+    run.mark(status="finished")
+    run.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+    return run.metrics
+
+
+def run_as_worker(run: Run, stages: list[str]) -> dict[str, Any]:
+    """A process of rank > 0 under a multi-process strategy: join the training stages only.
+
+    Rank 0 prepared the data before it started this process, and saves, evaluates and
+    exports after training; this process writes nothing to the run's state.
+    """
+    seed_everything(int(run.cfg.seed))
     for stage in stages:
-        log.info("stage: %s", stage)
-        plugins.hook.tunesmith_run_stage(name=stage, run=run)
-        if stage in sessions:
-            continue
-        run.mark(stage=stage)
-        if stage == recorded[-1]:
-            run.mark(status="finished")
-            plugins.hook.tunesmith_run_end(run=run, metrics=run.metrics)
+        if stage in EVERY_RANK_STAGES:
+            run.plugins.hook.tunesmith_run_stage(name=stage, run=run)
     return run.metrics
 
 

@@ -20,6 +20,16 @@ from framework.manager import TunesmithPluginManager
 log = logging.getLogger(__name__)
 
 STATE_FILE = "run_state.json"
+#: Written beside ``last.ckpt`` after each save: its step, epoch and time, readable at once.
+CHECKPOINT_NOTE = "last.json"
+
+
+#: Prefix of the temporary folders :func:`atomic_path` writes in (removed on success).
+TMP_PREFIX = ".tmp-"
+
+
+class SaveError(TunesmithError):
+    """A file could not be written (full disk, no permission, read-only file system)."""
 
 
 @contextmanager
@@ -27,16 +37,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success rename it over ``path``.
 
     Works for files and directories, so a kill during a save never leaves a file that
-    looks whole.
+    looks whole: either the old content or the new one is at ``path``. What a killed save
+    leaves behind is a hidden ``.tmp-<name>.*`` folder, which :func:`remove_stale_temps`
+    clears on the next run.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f"{TMP_PREFIX}{path.name}.old")
             _rmtree(old)
             os.replace(path, old)
             os.replace(target, path)
@@ -54,6 +66,98 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_stale_temps(directory: Path, depth: int = 2) -> int:
+    """Remove what killed saves left under ``directory`` (``.tmp-*`` folders); return how many.
+
+    Call it only while holding the run's lock (:func:`run_lock`), so that no live save
+    is in progress.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            if child.name.startswith(TMP_PREFIX):
+                _rmtree(child)
+                removed += 1
+            elif depth > 1:
+                removed += remove_stale_temps(child, depth - 1)
+    return removed
+
+
+def describe_disk(path: Path) -> str:
+    """``'1.2 GiB free of 50.0 GiB'`` for the file system holding ``path`` (or ``''``)."""
+    import shutil
+
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return ""
+    return f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+
+
+def check_writable(directory: Path, what: str = "the run") -> None:
+    """Raise :class:`SaveError` unless files can be created in ``directory`` (made if needed)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / ".tunesmith-write-test") as tmp:
+            tmp.write_bytes(b"ok")
+        (directory / ".tunesmith-write-test").unlink()
+    except OSError as exc:
+        raise SaveError(
+            f"Cannot write {what} to {directory}: {exc.strerror or exc}",
+            where=str(directory),
+            hint="pick a writable place with paths.output_dir=... (or TUNESMITH_OUTPUT=...), "
+            "or fix the directory's permissions.",
+        ) from exc
+
+
+@contextmanager
+def run_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory, so two processes never write one run.
+
+    The operating system drops the lock when the process ends, however it ends (SIGKILL
+    included), so a killed run never leaves a stale lock.
+
+    Raises:
+        TunesmithError: another process holds the lock.
+    """
+    import fcntl
+
+    path = Path(directory) / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise TunesmithError(
+                f"This run is already running (process {holder}).",
+                where=str(directory),
+                hint="wait for it to end, or stop it (Ctrl-C saves a checkpoint); to run "
+                "something else alongside, give it another name: run_name=...",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
@@ -65,6 +169,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_checkpoint_note(directory: Path) -> dict[str, Any] | None:
+    """What ``last.json`` in a checkpoint directory says about ``last.ckpt`` (or ``None``)."""
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / CHECKPOINT_NOTE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and (directory / "last.ckpt").exists() else None
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -112,25 +226,69 @@ class Run:
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
+        """What ``run_state.json`` says: ``status`` (new, running, interrupted, failed,
+        finished), ``stages_done``, and for a stopped run the ``error`` it stopped with."""
         path = self.dir / STATE_FILE
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))
-        return {"stages_done": [], "status": "new"}
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"stages_done": [], "status": "new"}
+        except ValueError:  # written atomically, so only a hand edit can break it
+            log.warning("%s is not valid JSON; treating the run as new", path)
+            return {"stages_done": [], "status": "new"}
+        state.setdefault("stages_done", [])
+        state.setdefault("status", "new")
+        return state
 
-    def mark(self, stage: str | None = None, status: str | None = None) -> None:
+    def mark(
+        self,
+        stage: str | None = None,
+        status: str | None = None,
+        undo: list[str] | None = None,
+        **extra: Any,
+    ) -> None:
+        """Record progress in ``run_state.json`` (atomically).
+
+        Args:
+            stage: a stage that just finished.
+            status: the run's new status.
+            undo: stages to mark as not done (they are about to run again).
+            **extra: other fields to record (``error=...``); ``None`` removes a field.
+        """
         state = self.state()
+        if undo:
+            state["stages_done"] = [s for s in state["stages_done"] if s not in undo]
         if stage and stage not in state["stages_done"]:
             state["stages_done"].append(stage)
         if status:
             state["status"] = status
+        for key, value in extra.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
         write_json(self.dir / STATE_FILE, state)
 
     # ----------------------------------------------------------------- model
-    def build_base(self) -> tuple[Any, Any]:
-        """Build a fresh base model and tokenizer through the ``tunesmith_build_model`` hook."""
+    def build_base(self, method_load: bool = True) -> tuple[Any, Any]:
+        """Build a fresh base model and tokenizer through the ``tunesmith_build_model`` hook.
+
+        Args:
+            method_load: load the base the way the run's method asks
+                (``tunesmith_model_load_kwargs``: e.g. 4-bit for ``method=qlora``); ``False``
+                loads it plainly (e.g. to merge an adapter into full-precision weights).
+        """
+        from framework.models import method_load_kwargs
+
         name = str(self.cfg.model.name)
         self.plugins.require("model", name)
-        result = self.hook.tunesmith_build_model(name=name, cfg=self.cfg)
+        load_kwargs = None
+        if method_load:
+            load_kwargs = self.hook.tunesmith_model_load_kwargs(
+                name=str(self.cfg.method.name), cfg=self.cfg
+            )
+        with method_load_kwargs(load_kwargs):
+            result = self.hook.tunesmith_build_model(name=name, cfg=self.cfg)
         if result is None:
             raise TunesmithError(f"The plugin serving model '{name}' returned nothing.")
         return result

@@ -11,29 +11,93 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from framework.data import load_splits
+from framework.distributed import is_global_zero
 from framework.errors import ConfigError
-from framework.pipeline import to_container
 from framework.run import Run, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts."""
+    """``(trainable, total)`` parameter counts.
+
+    Tied weights count once; a bitsandbytes 4-bit tensor counts the parameters it packs
+    (two per byte of storage), not its bytes.
+    """
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
+        if type(p).__name__ == "Params4bit":
+            storage = getattr(p, "quant_storage", None)
+            n *= 2 * (getattr(storage, "itemsize", 1) or 1)
         total += n
         if p.requires_grad:
             trainable += n
     return trainable, total
 
 
-def _instantiate_all(node: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (``None`` entries skipped)."""
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass instead of keeping them (less memory).
+
+    Uses the model's own ``gradient_checkpointing_enable`` (non-reentrant, so frozen inputs
+    need no gradient tricks); works through a PEFT wrapper.
+
+    Raises:
+        ConfigError: the model does not support gradient checkpointing.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"{type(inner).__name__} does not support gradient checkpointing.",
+            where="method.gradient_checkpointing",
+            hint="set method.gradient_checkpointing=false",
+        )
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def trainer_kwargs(node: DictConfig) -> dict[str, Any]:
+    """``lightning.Trainer`` arguments from ``cfg.trainer``.
+
+    A value with a ``_target_`` (``trainer.strategy`` in ``trainer=fsdp``) is instantiated,
+    as is each such entry of a list (``trainer.plugins``); the rest are plain values.
+    """
+    from omegaconf import ListConfig, OmegaConf
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, DictConfig) and "_target_" in value:
+            return instantiate(value)
+        if isinstance(value, ListConfig):
+            return [convert(v) for v in value]
+        if isinstance(value, DictConfig):
+            return OmegaConf.to_container(value, resolve=True)
+        return value
+
+    return {str(key): convert(node[key]) for key in node}
+
+
+def _instantiate_all(node: DictConfig | None, group: str = "callbacks") -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (``None`` entries skipped).
+
+    Raises:
+        ConfigError: an entry cannot be built (a missing package, a wrong argument).
+    """
     if not node:
         return []
-    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+    built = []
+    for name, value in node.items():
+        if value is None or "_target_" not in value:
+            continue
+        try:
+            built.append(instantiate(value))
+        except Exception as exc:  # Hydra wraps the library's own error
+            cause = exc.__cause__ or exc
+            raise ConfigError(
+                f"Could not build {group}.{name} ({value._target_}): {cause}",
+                where=f"{group}.{name}",
+                hint="install the package it names (see docs/methods.md), fix the argument, "
+                f"or drop it with {group}.{name}=null.",
+            ) from exc
+    return built
 
 
 def build_trainer(run: Run) -> Any:
@@ -41,11 +105,20 @@ def build_trainer(run: Run) -> Any:
     import lightning.pytorch as pl
 
     cfg = run.cfg
-    kwargs = to_container(cfg.trainer)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        kwargs = trainer_kwargs(cfg.trainer)
+    except Exception as exc:  # a strategy that cannot be built (deepspeed not installed...)
+        raise ConfigError(
+            f"Could not build the trainer's strategy: {exc.__cause__ or exc}",
+            where="trainer.strategy",
+            hint="install what it names, or pick another trainer=... option.",
+        ) from exc
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     for extra in run.hook.tunesmith_configure_callbacks(cfg=cfg, run=run):
         callbacks.extend(extra or [])
-    loggers = _instantiate_all(cfg.get("logger")) or False
+    loggers = _instantiate_all(cfg.get("logger"), "logger") or False
     try:
         return pl.Trainer(
             default_root_dir=str(run.dir), logger=loggers, callbacks=callbacks, **kwargs
@@ -56,6 +129,13 @@ def build_trainer(run: Run) -> Any:
             where="trainer.*",
             hint="use the names of lightning.Trainer's arguments (trainer.max_steps=...).",
         ) from exc
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(
+            f"lightning.Trainer rejected the trainer config: {exc}",
+            where="trainer.* (accelerator, devices, strategy, precision)",
+            hint="FSDP and DeepSpeed need GPUs (trainer=fsdp / trainer=deepspeed); on a CPU use "
+            "trainer=ddp trainer.accelerator=cpu trainer.devices=2, or trainer=default.",
+        ) from exc
 
 
 def last_checkpoint(run: Run) -> Path | None:
@@ -65,26 +145,49 @@ def last_checkpoint(run: Run) -> Path | None:
 
 
 def train(run: Run) -> None:
-    """Run the train stage."""
+    """Run the train stage.
+
+    Under a multi-process strategy (``trainer=ddp``...) every process runs this; only the
+    process of global rank 0 saves the result and writes the summary.
+    """
+    import time
+
     from framework.datamodule import FineTuneDataModule
-    from framework.module import FineTuneModule
+    from framework.module import FineTuneModule, peak_rss_mb
 
     cfg = run.cfg
+    started = time.perf_counter()
     splits = load_splits(run)
     base, tokenizer = run.ensure_model()
     method = str(cfg.method.name)
     run.plugins.require("method", method)
     run.plugins.require("objective", str(cfg.objective))
     model = run.hook.tunesmith_apply_method(name=method, model=base, cfg=cfg)
+    if model is None:
+        raise ConfigError(
+            f"The plugin serving method '{method}' returned no model.",
+            where=f"method={method}",
+            hint="its tunesmith_apply_method must return the model to train.",
+        )
+    if cfg.method.get("gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
     trainable, total = count_parameters(model)
-    log.info(
-        "method %s: %s trainable of %s parameters (%.2f%%)",
-        method,
-        f"{trainable:,}",
-        f"{total:,}",
-        100 * trainable / max(total, 1),
+    message = (
+        f"method {method}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / max(total, 1):.2f}%)"
     )
+    log.info("%s", message)
     run.metrics["parameters"] = {"trainable": trainable, "total": total}
+    summary: dict[str, Any] = {
+        "method": method,
+        "trainable": trainable,
+        "total": total,
+        "trainable_percent": round(100 * trainable / max(total, 1), 4),
+        "gradient_checkpointing": bool(cfg.method.get("gradient_checkpointing", False)),
+        "status": "training",
+    }
+    if is_global_zero():
+        write_json(run.dir / "train_summary.json", summary)
 
     datamodule = FineTuneDataModule(splits, cfg)
     datamodule.connect(tokenizer, run.plugins)
@@ -95,14 +198,74 @@ def train(run: Run) -> None:
         log.info("resuming from %s", ckpt)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
 
-    run.model, run.tokenizer, run.trained = model, tokenizer, True
+    to_save = consolidated_model(run, trainer, model)
+    if not trainer.is_global_zero:
+        return
+    run.model, run.tokenizer, run.trained = to_save, tokenizer, True
     with atomic_path(run.artifact_dir) as tmp:
         tmp.mkdir()
         run.hook.tunesmith_save_method(
-            name=method, model=model, tokenizer=tokenizer, path=tmp, cfg=cfg
+            name=method, model=to_save, tokenizer=tokenizer, path=tmp, cfg=cfg
         )
-    write_json(run.dir / "train_summary.json", {"method": method, **run.metrics["parameters"]})
+    logged = trainer.logged_metrics
+    summary.update(
+        status="finished",
+        global_step=int(trainer.global_step),
+        epochs=int(trainer.current_epoch),
+        world_size=int(trainer.world_size),
+        train_loss=_float(logged.get("train/loss")),
+        val_loss=_float(logged.get("val/loss")),
+        wall_time_s=round(time.perf_counter() - started, 2),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+    )
+    write_json(run.dir / "train_summary.json", summary)
     plot_loss_curves(run)
+
+
+#: Strategies whose processes each hold only a shard of the weights after ``fit``.
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+
+
+def consolidated_model(run: Run, trainer: Any, model: Any) -> Any:
+    """The trained model with whole weights, ready for the save hook.
+
+    On one device or under DDP that is ``model`` itself. Under a sharding strategy (FSDP,
+    DeepSpeed) every process takes part in gathering the full state dict
+    (``strategy.lightning_module_state_dict()``, ``state_dict_type: full``), and rank 0
+    loads it into a fresh, unwrapped copy: base model + the same method.
+    """
+    if type(trainer.strategy).__name__ not in SHARDED_STRATEGIES:
+        return model
+    state = trainer.strategy.lightning_module_state_dict()
+    if not trainer.is_global_zero:
+        return None
+    return rebuild_with_state(run, state)
+
+
+def rebuild_with_state(run: Run, state: dict[str, Any], prefix: str = "model.") -> Any:
+    """A fresh base model with the run's method applied, loaded with ``state`` (keys under
+    ``prefix``, as in :class:`framework.module.FineTuneModule`'s state dict)."""
+    method = str(run.cfg.method.name)
+    base, _ = run.build_base()
+    fresh = run.hook.tunesmith_apply_method(name=method, model=base, cfg=run.cfg)
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        missing, unexpected = fresh.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shapes differ: the weights were still sharded
+        missing, unexpected = [str(exc)[:200]], []
+    if unexpected or [k for k in missing if k not in dict(fresh.named_buffers())]:
+        raise ConfigError(
+            "The gathered weights do not fit the rebuilt model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}).",
+            where="trainer.strategy",
+            hint="for FSDP set trainer.strategy.state_dict_type=full; DeepSpeed stage 3 is not "
+            "supported for saving (use stage 2).",
+        )
+    return fresh
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
 
 
 def read_logged_metrics(run: Run) -> list[dict[str, str]]:

@@ -115,7 +115,8 @@ def test_help_lists_groups_and_options() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "tunesmith" in proc.stdout
-    for line in ("method: full, lora", "model: hf, smollm2, tiny"):
+    methods = "dora, freeze, full, ia3, lora, prefix_tuning, prompt_tuning, qlora"
+    for line in (f"method: {methods}", "model: hf, smollm2, tiny"):
         assert line in proc.stdout
 
 

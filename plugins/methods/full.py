@@ -8,16 +8,19 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
+from framework.models import load_pretrained, save_model
+
+NAME = "full"
 
 
 @hookimpl
 def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": ["full"]}
+    return {"method": [NAME]}
 
 
 @hookimpl
 def tunesmith_apply_method(name: str, model: Any) -> Any:
-    if name != "full":
+    if name != NAME:
         return None
     for p in model.parameters():
         p.requires_grad_(True)
@@ -26,18 +29,9 @@ def tunesmith_apply_method(name: str, model: Any) -> Any:
 
 @hookimpl
 def tunesmith_save_method(name: str, model: Any, tokenizer: Any, path: Path) -> Path | None:
-    if name != "full":
-        return None
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_model(model, tokenizer, path) if name == NAME else None
 
 
 @hookimpl
 def tunesmith_load_method(name: str, path: Path, cfg: DictConfig) -> Any:
-    if name != "full":
-        return None
-    from framework.models import load_pretrained
-
-    model, _ = load_pretrained(path, cfg)
-    return model
+    return load_pretrained(path, cfg)[0] if name == NAME else None

@@ -188,7 +188,7 @@ def test_model_card_is_written_from_the_run(run_dir: Path) -> None:
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "from `tiny` using `lora`" in card
     assert report["fingerprint"] in card
-    assert report["files"][0] in card
+    assert report["sources"][0]["files"][0] in card
     assert "| train / val / test | 32 / 4 / 4 |" in card
     assert "| method.r | 8 |" in card
     assert "| optim.lr | 0.002 |" in card
@@ -243,9 +243,9 @@ def test_qlora_like_run_merges_into_a_full_precision_base(
     seen = []
     real_build = Run.build_base
 
-    def build_base(self: Run):
+    def build_base(self: Run, **kwargs):
         seen.append(self.cfg.method.quantization)
-        return real_build(self)
+        return real_build(self, **kwargs)
 
     monkeypatch.setattr(Run, "build_base", build_base)
     merged, _ = merged_model(run)
@@ -253,8 +253,8 @@ def test_qlora_like_run_merges_into_a_full_precision_base(
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
     # a model plugin that ignores the switch gets a clear error, never a lossy merge
-    def quantized_base(self: Run):
-        model, tok = real_build(self)
+    def quantized_base(self: Run, **kwargs):
+        model, tok = real_build(self, **kwargs)
         model.is_loaded_in_4bit = True
         return model, tok
 

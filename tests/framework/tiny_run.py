@@ -46,6 +46,6 @@ def finished_run(factory: pytest.TempPathFactory) -> Path:
 
 def run_of(run_dir: Path, *overrides: str) -> Run:
     """A :class:`Run` on ``run_dir`` with the run's own config plus ``overrides``."""
-    data = json.loads((run_dir / "data" / "report.json").read_text())["files"][0]
+    data = json.loads((run_dir / "data" / "report.json").read_text())["sources"][0]["files"][0]
     cfg = compose_config([*RUN_OVERRIDES, f"data.path={data}", *overrides], run_dir=run_dir)
     return Run(cfg=cfg, dir=run_dir, plugins=build_plugin_manager())

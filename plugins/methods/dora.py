@@ -1,0 +1,38 @@
+"""``method=dora``: weight-decomposed LoRA (PEFT's ``LoraConfig(use_dora=True)``).
+
+Takes every LoraConfig option (``method.r=16``...); ``use_dora`` is always on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework import hookimpl
+from framework.peft_methods import apply_peft, load_adapter, peft_config, save_adapter
+
+NAME = "dora"
+
+
+@hookimpl
+def tunesmith_provides() -> dict[str, list[str]]:
+    return {"method": [NAME]}
+
+
+@hookimpl
+def tunesmith_apply_method(name: str, model: Any, cfg: DictConfig) -> Any:
+    if name != NAME:
+        return None
+    return apply_peft(model, peft_config("LoraConfig", cfg.method, fixed={"use_dora": True}))
+
+
+@hookimpl
+def tunesmith_save_method(name: str, model: Any, tokenizer: Any, path: Path) -> Path | None:
+    return save_adapter(model, tokenizer, path) if name == NAME else None
+
+
+@hookimpl
+def tunesmith_load_method(name: str, base_model: Any, path: Path) -> Any:
+    return load_adapter(base_model, path) if name == NAME else None

@@ -1,0 +1,38 @@
+"""``method=ia3``: (IA)^3, learned scaling vectors on keys, values and feed-forward (PEFT).
+
+Every ``method.*`` key except tunesmith's own goes to ``peft.IA3Config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from framework import hookimpl
+from framework.peft_methods import apply_peft, load_adapter, peft_config, save_adapter
+
+NAME = "ia3"
+
+
+@hookimpl
+def tunesmith_provides() -> dict[str, list[str]]:
+    return {"method": [NAME]}
+
+
+@hookimpl
+def tunesmith_apply_method(name: str, model: Any, cfg: DictConfig) -> Any:
+    if name != NAME:
+        return None
+    return apply_peft(model, peft_config("IA3Config", cfg.method))
+
+
+@hookimpl
+def tunesmith_save_method(name: str, model: Any, tokenizer: Any, path: Path) -> Path | None:
+    return save_adapter(model, tokenizer, path) if name == NAME else None
+
+
+@hookimpl
+def tunesmith_load_method(name: str, base_model: Any, path: Path) -> Any:
+    return load_adapter(base_model, path) if name == NAME else None
