@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from torch.utils.data import DataLoader
 
 from framework import token_cache
 from framework.chat import IGNORE_INDEX
-from framework.errors import DataError
+from framework.errors import ConfigError, DataError
 from framework.manager import TunesmithPluginManager
 from framework.packing import LengthGroupedSampler, pack_rows
+
+log = logging.getLogger(__name__)
 
 
 class Collator:
@@ -167,11 +170,47 @@ class FineTuneDataModule(pl.LightningDataModule):
             )
         self.encode("val")
 
+    def packing_for(self, model: Any) -> bool:
+        """Whether training batches are packed, from ``data.packing`` and ``model``.
+
+        ``auto`` packs when the model keeps packed examples apart (checked once with a tiny
+        forward pass) and pads otherwise (PEFT prompt learning, some remote-code models);
+        ``true`` packs or stops with a clear error; ``false`` pads.
+        """
+        value = self.cfg.data.get("packing", False)
+        if value not in (True, False, None, "auto"):
+            raise ConfigError(
+                f"data.packing must be auto, true or false, not '{value}'.",
+                where=f"data.packing={value}",
+                hint="auto packs when the model allows it; true always; false never.",
+            )
+        if not value:
+            return False
+        if model is None:
+            return value is True
+        from framework.losses import packing_supported
+
+        ok, why = packing_supported(model)
+        if ok:
+            return True
+        if value == "auto":
+            log.info("data.packing=auto: batches are padded, not packed (%s)", why)
+            return False
+        raise ConfigError(
+            f"data.packing=true, but this model cannot keep packed examples apart: {why}",
+            where="data.packing=true",
+            hint="set data.packing=auto (pack when possible) or data.packing=false.",
+        )
+
+    def _training_model(self) -> Any:
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        return getattr(module, "model", None)
+
     def collator(self, packing: bool | None = None) -> Collator:
         """The collate function ``data.packing`` and ``data.pack_length`` ask for."""
         data_cfg = self.cfg.data
         if packing is None:
-            packing = bool(data_cfg.get("packing", False))
+            packing = self.packing_for(self._training_model())
         return Collator(
             self.tokenizer.pad_token_id,
             packing=packing,

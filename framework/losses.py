@@ -51,6 +51,29 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     return inputs
 
 
+def packing_target(model: Any) -> Any:
+    """The module :func:`causal_lm_loss` runs: the decoder on the fast path, else the model."""
+    parts = _decoder_and_head(model)
+    return parts[0] if parts is not None else model
+
+
+def packing_supported(model: Any) -> tuple[bool, str]:
+    """Whether ``model`` keeps packed examples apart, and if not, why (checked once).
+
+    PEFT prompt learning never does: its virtual tokens are put before every row, and so
+    before all but the first example of a packed row.
+    """
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return False, f"{type(peft_cfg).__name__} puts virtual tokens before every row"
+    target = packing_target(model)
+    try:
+        ensure_packing_supported(target)
+    except Exception as exc:  # the probe failing in any way means: do not pack
+        return False, str(exc).splitlines()[0]
+    return True, ""
+
+
 def ensure_packing_supported(model: Any) -> None:
     """Check once per model that packed examples stay apart (see ``check_packing_isolation``)."""
     if getattr(model, "_tunesmith_packing_checked", False):

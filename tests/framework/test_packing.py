@@ -256,3 +256,27 @@ def test_tokenised_splits_are_cached_across_runs(make_cfg, tmp_path: Path) -> No
     assert Counter.calls == 24
     encoded("data.cache=false")
     assert Counter.calls == 36
+
+
+def test_packing_auto_packs_only_for_models_that_keep_examples_apart(make_cfg) -> None:
+    from peft import PromptTuningConfig, get_peft_model
+
+    llama = _model()
+    prompt_tuned = get_peft_model(
+        _model(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+
+    def packing(value: str, model) -> bool:
+        dm = FineTuneDataModule(
+            {"train": [], "val": [], "test": []}, make_cfg(f"data.packing={value}")
+        )
+        return dm.packing_for(model)
+
+    assert packing("auto", llama) is True
+    assert packing("auto", prompt_tuned) is False  # virtual tokens before every row: padded
+    assert packing("false", llama) is False
+    assert packing("true", llama) is True
+    with pytest.raises(ConfigError, match="data.packing"):
+        packing("true", prompt_tuned)
+    with pytest.raises(ConfigError, match="auto, true or false"):
+        packing("sometimes", llama)
