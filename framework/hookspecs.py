@@ -225,7 +225,7 @@ def tunesmith_compute_loss(
         name: ``cfg.objective``.
         model: the model being trained.
         batch: the collated batch: ``input_ids``, ``labels``, ``num_tokens`` and either
-            ``attention_mask`` (padded) or ``position_ids`` (``data.packing=true``: several
+            ``attention_mask`` (padded) or ``position_ids`` (``data.packing``: several
             examples per row, no mask). Run the model with
             ``model(**framework.losses.model_inputs(batch))``, which keeps packed examples
             apart; ``model(**batch)`` would not.
