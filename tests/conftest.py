@@ -23,6 +23,7 @@ register_resolvers()
 TINY = (
     "model=tiny",
     "trainer.max_steps=4",
+    "trainer.max_epochs=-1",  # tiny runs end on their step budget (max_steps), not on epochs
     "trainer.precision=32-true",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",

@@ -34,6 +34,7 @@ def _overrides(alpaca_file: Path, *extra: str) -> list[str]:
     # 32 training examples in batches of 8: 4 steps per epoch, so the run crosses epochs.
     return [
         "model=tiny",
+        "trainer.max_epochs=-1",  # the step budget (max_steps) ends these runs
         "trainer.precision=32-true",
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
