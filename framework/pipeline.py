@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from framework import library_logs
 from framework.distributed import EVERY_RANK_STAGES, is_global_zero
 from framework.errors import ConfigError, TunesmithError
 from framework.manager import build_plugin_manager
@@ -73,6 +74,7 @@ def seed_everything(seed: int, torch: bool = True) -> None:
     if torch:
         from lightning.pytorch import seed_everything as _seed
 
+        library_logs.tidy()  # Lightning is imported now: drop its duplicate console handler
         _seed(seed, workers=True, verbose=False)
 
 
@@ -301,6 +303,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         TunesmithError: bad input; :class:`framework.resilience.RunInterrupted` when a signal
             stopped training after saving a checkpoint.
     """
+    library_logs.tidy()
     run_dir = Path(run_dir if run_dir is not None else cfg.paths.run_dir)
     from framework.config_check import missing_values
 
