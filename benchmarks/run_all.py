@@ -5,7 +5,7 @@ Each benchmark runs in a process of its own (``bench_startup.py``, ``bench_train
 description (CPU model, cores, load, library versions) and compares every figure with the
 targets of issue 8.
 
-Run: ``python benchmarks/run_all.py`` (about 15 minutes on 2 cores) or ``--quick``.
+Run: ``python benchmarks/run_all.py`` (about 35 minutes on 2 cores) or ``--quick``/``--skip-demo``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_demo import render as render_demo  # noqa: E402
 from benchmarks.bench_eval import smollm2_cached  # noqa: E402
 
 
@@ -89,6 +90,7 @@ def render(
     train: dict,
     evals: dict,
     args: argparse.Namespace,
+    demo: dict | None = None,
 ) -> str:
     w = train["workload"]
     lines = [
@@ -118,6 +120,8 @@ def render(
             f"| `python run.py {label}` | {fmt(r['median_s'])} s | < 2 s, no heavy import | "
             f"{'met' if r['met'] else '**missed**'} |"
         )
+    for what, value, goal, met in (demo or {}).get("targets", []):
+        lines.append(f"| {what} | {value} | {goal} | {'met' if met else '**missed**'} |")
     for e in evals:
         lines.append(
             f"| batched generation vs one prompt at a time ({e['model']}) | "
@@ -193,6 +197,16 @@ def render(
             f"{fmt(e['one_at_a_time_s'])} s: **{fmt(e['speedup'])}x**; {e['identical']} of "
             f"{e['prompts']} answers identical.",
         ]
+    if demo:
+        lines += [
+            "",
+            "## The demo and the methods on SmolLM2-135M-Instruct (`bench_demo.py`)",
+            "",
+            "`python run.py` end to end (prepare, train one epoch, evaluate base and tuned on "
+            "the 50 test examples, export), once per precision:",
+            "",
+            render_demo({**demo, "targets": []}),
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -207,6 +221,9 @@ def main() -> None:
         "--eval-models", default="workload,smollm2", help="smollm2 runs only if it is cached"
     )
     parser.add_argument("--eval-samples", type=int, default=32)
+    parser.add_argument(
+        "--skip-demo", action="store_true", help="skip bench_demo.py (~15 minutes on 2 cores)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
@@ -230,7 +247,10 @@ def main() -> None:
             if args.threads:
                 eval_args += ["--threads", str(args.threads)]
             evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
-    text = render(machine(), (before, load_average()), startup, train, evals, args)
+        demo = None
+        if not args.skip_demo and smollm2_cached():
+            demo = _bench("bench_demo.py", ["--steps", "10"], tmp / "d.json")
+    text = render(machine(), (before, load_average()), startup, train, evals, args, demo)
     args.out.write_text(text, encoding="utf-8")
     print(f"\nwrote {args.out}")
 
