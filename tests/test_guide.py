@@ -65,6 +65,9 @@ INFORMATIONAL = {"--help", "--cfg", "plugins"}
 #: Stages that load a finished run's saved config: no smoke settings.
 SESSION_STAGES = {"stages=[chat]", "stages=[serve]"}
 
+#: Sections whose ``python run.py`` commands are marked slow (still run in CI): independent
+#: training runs that no later command uses; the rest of the guide runs in under 3 minutes.
+SLOW_SECTIONS = {"method", "faq"}
 #: Commands the guides show in ```text blocks instead of running them, with the reason. Each is
 #: still composed with ``--cfg job`` when it is a ``python run.py`` command.
 NOT_RUN = {
@@ -96,7 +99,9 @@ def _blocks(text: str, lang: str) -> list[str]:
 def _lines(block: str) -> list[str]:
     """A block's logical lines: ``\\`` continuations joined; blank and comment lines left out."""
     joined = re.sub(r"\\\n\s*", " ", block)
-    return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [
+        ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
 
 
 def _normal(line: str) -> str:
@@ -104,13 +109,28 @@ def _normal(line: str) -> str:
     return shlex.join(shlex.split(line, comments=True))
 
 
-def guide_commands(lang: str) -> list[str]:
-    """Every command of a guide's ```bash blocks, in order (repeats kept)."""
-    text = _text(lang)
-    others = set(re.findall(r"^```(\w*)$", text, flags=re.MULTILINE)) - {"", "bash"}
+def _check_fences(lang: str) -> None:
+    others = set(re.findall(r"^```(\w*)$", _text(lang), flags=re.MULTILINE)) - {"", "bash"}
     shell = others & {"sh", "shell", "console", "zsh"}
     assert not shell, f"{GUIDES[lang].name}: use ```bash for commands (found ```{shell})"
-    return [_normal(line) for block in _blocks(text, "bash") for line in _lines(block)]
+
+
+def section_commands(lang: str) -> list[tuple[str, str]]:
+    """``(section id, command)`` for every command of a guide's ```bash blocks, in order."""
+    _check_fences(lang)
+    parts = re.split(r'^<a id="([\w-]+)"></a>\n(?=## )', _text(lang), flags=re.MULTILINE)
+    sections = [("", parts[0]), *zip(parts[1::2], parts[2::2], strict=True)]
+    return [
+        (section, _normal(line))
+        for section, text in sections
+        for block in _blocks(text, "bash")
+        for line in _lines(block)
+    ]
+
+
+def guide_commands(lang: str) -> list[str]:
+    """Every command of a guide's ```bash blocks, in order (repeats kept)."""
+    return [command for _, command in section_commands(lang)]
 
 
 def text_commands(lang: str) -> list[str]:
@@ -127,10 +147,12 @@ def guide_files(lang: str) -> dict[str, str]:
     return dict(found)
 
 
-def plan() -> list[str]:
-    """The commands to run, in order: the English guide's, then those only the Chinese one has."""
-    en = guide_commands("en")
-    return en + [c for c in guide_commands("zh") if c not in set(en)]
+def plan() -> list[tuple[str, str]]:
+    """``(section, command)`` to run, in order: the English guide's, then the Chinese guide's
+    commands that the English one does not have."""
+    en = section_commands("en")
+    seen = {command for _, command in en}
+    return en + [(sec, c) for sec, c in section_commands("zh") if c not in seen]
 
 
 # --------------------------------------------------------------------------- the smoke mapping
@@ -193,16 +215,15 @@ def _split_env(words: list[str]) -> tuple[dict[str, str], list[str]]:
 def _start_server(ws: Workspace, argv: list[str], env: dict[str, str]) -> str:
     ws.stop_server()
     ws.port = _free_port()
-    log = (ws.dir / "serve.log").open("w", encoding="utf-8")
-    ws.server = subprocess.Popen(
-        [*argv, f"serve.port={ws.port}"],
-        cwd=ws.dir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    with (ws.dir / "serve.log").open("w", encoding="utf-8") as log:
+        ws.server = subprocess.Popen(
+            [*argv, f"serve.port={ws.port}"],
+            cwd=ws.dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     deadline = time.monotonic() + 120
     out = ""
     while time.monotonic() < deadline:
@@ -332,10 +353,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory):
     ws.stop_server()
 
 
-PLAN = plan()
+def _param(number: int, section: str, command: str) -> pytest.ParameterSet:
+    slow = section in SLOW_SECTIONS and command.startswith("python run.py")
+    marks = [pytest.mark.slow] if slow else []
+    return pytest.param(command, id=f"{number:02d}-{section}", marks=marks)
 
 
-@pytest.mark.parametrize("command", PLAN, ids=[f"{i:02d}" for i in range(len(PLAN))])
+PLAN = [_param(i, section, command) for i, (section, command) in enumerate(plan())]
+
+
+@pytest.mark.parametrize("command", PLAN)
 def test_guide_command_runs(workspace: Workspace, command: str) -> None:
     for name, applies, action in BEFORE:
         if applies(command):
@@ -353,12 +380,15 @@ def test_guide_command_runs(workspace: Workspace, command: str) -> None:
         workspace.stop_server()
 
 
+@pytest.mark.slow
 def test_every_command_of_both_guides_ran(workspace: Workspace) -> None:
-    """Runs after the commands: none was skipped, and every claim above was checked."""
+    """Runs after the commands: none was skipped, and every claim above was checked (slow,
+    because it needs the slow commands to have run too)."""
     for lang in GUIDES:
         missing = [c for c in guide_commands(lang) if c not in workspace.done]
         assert not missing, f"{GUIDES[lang].name}: commands the test did not run: {missing}"
-    unused = {n for n, _, _ in CHECKS + BEFORE} - workspace.checks_used  # type: ignore[operator]
+    names = {name for name, _, _ in CHECKS} | {name for name, _, _ in BEFORE}
+    unused = names - workspace.checks_used
     assert not unused, f"checks that matched no command of the guides (update them): {unused}"
 
 
