@@ -11,8 +11,12 @@ Smoke mapping — what the test changes so that the whole guide runs in a few mi
 * ``python run.py ...`` that trains, evaluates or prepares: any ``model=``/``model.*`` is
   replaced by ``model=tiny`` (a tiny random Llama), and ``SMOKE`` settings are added for
   every key the command does not set itself (60 examples, 3 steps an epoch, 8 new tokens,
-  4 test examples). ``--help``, ``--cfg`` and ``plugins`` run as they are; ``stages=[chat]``
-  and ``stages=[serve]`` load the run's saved config, so they get no smoke settings.
+  4 test examples), plus ``trainer.max_steps=3`` unless it sets ``trainer.max_steps`` or
+  ``trainer.max_epochs`` (so the guide's "raise the budget" command really extends a run).
+  ``--help``, ``--cfg`` and ``plugins`` run as they are; ``stages=[chat]`` and
+  ``stages=[serve]`` load the run's saved config, so they get no smoke settings.
+* Every command runs with ``OMP_NUM_THREADS=1`` (docs/performance.md: on a busy CPU one
+  thread per process is several times faster) and without ``TUNESMITH_OUTPUT``.
 * ``stages=[chat]`` reads a question and ``/exit`` from stdin.
 * ``stages=[serve]`` starts in the background on a free port (``serve.port=``); it must say
   it is serving, and the guide's ``curl`` commands are sent to that port instead of 8000.
@@ -22,6 +26,10 @@ Smoke mapping — what the test changes so that the whole guide runs in a few mi
   the blinded sheet's ``preferred`` column.
 
 Commands in ```text blocks are not run; each must be listed in ``NOT_RUN`` with its reason.
+``CHECKS`` hold the guide's claims about a command's result (what the messy file's report
+says, that extending a run resumes it...). The ``python run.py`` commands of the sections in
+``SLOW_SECTIONS`` are marked slow; the whole file takes about 3 minutes on 2 busy cores, about
+2 without them.
 """
 
 from __future__ import annotations
