@@ -363,7 +363,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _param(number: int, section: str, command: str) -> pytest.ParameterSet:
-    slow = section in SLOW_SECTIONS and command.startswith("python run.py")
+    words = _split_env(shlex.split(command))[1]
+    slow = section in SLOW_SECTIONS and words[:2] == ["python", "run.py"]
     marks = [pytest.mark.slow] if slow else []
     return pytest.param(command, id=f"{number:02d}-{section}", marks=marks)
 
