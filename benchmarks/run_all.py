@@ -224,6 +224,9 @@ def main() -> None:
     parser.add_argument(
         "--skip-demo", action="store_true", help="skip bench_demo.py (~15 minutes on 2 cores)"
     )
+    parser.add_argument(
+        "--demo-json", type=Path, help="use these bench_demo.py --json figures instead of a run"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
@@ -248,7 +251,9 @@ def main() -> None:
                 eval_args += ["--threads", str(args.threads)]
             evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
         demo = None
-        if not args.skip_demo and smollm2_cached():
+        if args.demo_json:
+            demo = json.loads(args.demo_json.read_text(encoding="utf-8"))
+        elif not args.skip_demo and smollm2_cached():
             demo = _bench("bench_demo.py", ["--steps", "10"], tmp / "d.json")
     text = render(machine(), (before, load_average()), startup, train, evals, args, demo)
     args.out.write_text(text, encoding="utf-8")

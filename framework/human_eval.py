@@ -262,15 +262,21 @@ def import_sheet(sheet: Path, key: Path) -> dict[str, Any]:
     for s, c in counts.items():
         sides[s] = {
             **c,
-            "win_rate": c["wins"] / scored if scored else float("nan"),
-            "tie_rate": c["ties"] / scored if scored else float("nan"),
-            "loss_rate": c["losses"] / scored if scored else float("nan"),
+            # no rate before any item is scored (null in results.json, not NaN)
+            "win_rate": c["wins"] / scored if scored else None,
+            "tie_rate": c["ties"] / scored if scored else None,
+            "loss_rate": c["losses"] / scored if scored else None,
         }
     return {"items": scored + unscored, "scored": scored, "unscored": unscored, "sides": sides}
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """The rates as a Markdown table."""
+    """The rates as a Markdown table (or what to do when nothing is scored yet)."""
+    if not results["scored"]:
+        return (
+            f"None of the {results['items']} items is scored yet: write A, B or tie in the "
+            "'preferred' column of the sheet, then import it again."
+        )
     lines = [
         f"{results['scored']} of {results['items']} items scored.",
         "",

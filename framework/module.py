@@ -36,6 +36,31 @@ class FineTuneModule(pl.LightningModule):
         # dropout and gradient checkpointing need train mode.
         self.model.train()
 
+    def on_train_start(self) -> None:
+        """Set each learning rate from its schedule at the step training starts at.
+
+        A resumed run restores the optimizer's learning rates as they were when it stopped.
+        That is right when the schedule is unchanged, but a finished run extended with a larger
+        budget (trainer.max_steps / max_epochs) has a longer schedule: its first new step
+        would use the old schedule's last rate (0 at the end of a cosine decay). Taking the
+        rate from the (new) schedule at the restored step gives the same value in the first
+        case and the right one in the second.
+        """
+        from torch.optim.lr_scheduler import LambdaLR
+
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, LambdaLR):
+                continue
+            step = scheduler.last_epoch
+            rates = [
+                base * fn(step)
+                for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+            ]
+            for group, lr in zip(scheduler.optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr
+            scheduler._last_lr = rates
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if not self._window:  # the throughput window starts before the first batch
             self._window.append((time.perf_counter(), self._tokens))

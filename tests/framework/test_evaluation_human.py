@@ -141,4 +141,17 @@ def test_module_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "0 of 4 items scored" in proc.stdout
+    assert "None of the 4 items is scored yet" in proc.stdout
+
+
+def test_importing_an_unscored_sheet_says_so_and_writes_valid_json(tmp_path: Path) -> None:
+    preds = _predictions(tmp_path / "run")
+    sheet, _ = export_sheet(
+        Side("base", preds, "base"), Side("tuned", preds, "tuned"), tmp_path / "he", seed=3
+    )
+    results = import_dir(sheet.parent)
+    assert results["scored"] == 0 and results["unscored"] == 12
+    saved = json.loads((sheet.parent / "results.json").read_text(encoding="utf-8"))
+    assert saved["sides"]["tuned"]["win_rate"] is None  # strict JSON: null, never NaN
+    summary = (sheet.parent / "results.md").read_text(encoding="utf-8")
+    assert "None of the 12 items is scored yet" in summary and "nan" not in summary

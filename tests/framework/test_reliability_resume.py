@@ -221,6 +221,11 @@ def test_a_finished_run_is_kept_and_a_larger_budget_extends_it(
     assert "Extending the finished run" in caplog.text
     assert re.search(r"Resumed from \S+ at step 3 ", caplog.text)
     assert _note(run_dir)["step"] == 5
+    # The new steps follow the longer schedule from their first one: cosine over 5 steps at
+    # step 3, not the old schedule's final rate (0 once a cosine over 3 steps has ended).
+    with (run_dir / "logs" / "metrics.csv").open(encoding="utf-8") as f:
+        lrs = {int(r["step"]): float(r["train/lr"]) for r in csv.DictReader(f) if r["train/lr"]}
+    assert lrs[3] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 5)), rel=1e-4)
     assert not torch.equal(_weights(run_dir)["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"],
                            weights["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"])  # fmt: skip
 
