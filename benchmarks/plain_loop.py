@@ -70,11 +70,13 @@ def main() -> None:
             attention_mask[i, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
+    # The first epoch's order, a seeded permutation: what tunesmith's sampler draws for epoch 0
+    # (a DataLoader's shuffle=True derives its own seed from the generator: other batches).
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(args.seed),
+        sampler=order.tolist(),
         collate_fn=collate,
     )
 
