@@ -203,7 +203,13 @@ def render(
             "## The demo and the methods on SmolLM2-135M-Instruct (`bench_demo.py`)",
             "",
             "`python run.py` end to end (prepare, train one epoch, evaluate base and tuned on "
-            "the 50 test examples, export), once per precision:",
+            "the 50 test examples, export), once per precision"
+            + (
+                f" (figures read from `{args.demo_json}`, measured earlier on this machine with "
+                "nothing else running):"
+                if args.demo_json
+                else ":"
+            ),
             "",
             render_demo({**demo, "targets": []}),
         ]
