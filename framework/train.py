@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,38 @@ def last_checkpoint(run: Run) -> Path | None:
     return path if path.exists() else None
 
 
+def cpu_busy_message(load: float, cores: int, threads: int) -> str | None:
+    """Why training on this CPU may be slow now, or None.
+
+    ``load`` is the 1-minute load average (this process included), ``cores`` the CPUs this
+    process may run on, ``threads`` torch's intra-op threads. With one thread per core,
+    torch's threads wait on each other whenever another busy process takes a core from one
+    of them: on a 2-core machine a training step was measured 5-20x slower.
+    """
+    others = load - 1.0  # this process is one runnable task
+    if threads <= 1 or others < max(1.0, 0.5 * cores):
+        return None
+    return (
+        f"Other processes keep this CPU busy (load average {load:.1f} on {cores} cores) and "
+        f"torch uses {threads} threads: they wait on each other, so training may be several "
+        "times slower. On a shared machine try OMP_NUM_THREADS=1 (docs/performance.md)."
+    )
+
+
+def warn_if_cpu_busy() -> None:
+    """Log :func:`cpu_busy_message` for this machine, when there is one."""
+    import torch
+
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on this platform
+        return
+    message = cpu_busy_message(load, cores, torch.get_num_threads())
+    if message:
+        log.warning("%s", message)
+
+
 def train(run: Run) -> None:
     """Run the train stage.
 
@@ -193,6 +226,8 @@ def train(run: Run) -> None:
     datamodule.connect(tokenizer, run.plugins)
     module = FineTuneModule(model, cfg, run.plugins)
     trainer = build_trainer(run)
+    if type(trainer.accelerator).__name__ == "CPUAccelerator":
+        warn_if_cpu_busy()
     ckpt = last_checkpoint(run)
     if ckpt is not None:
         log.info("resuming from %s", ckpt)

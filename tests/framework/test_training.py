@@ -229,3 +229,15 @@ def test_a_logger_that_cannot_be_built_is_a_config_error(make_cfg) -> None:
     with pytest.raises(ConfigError) as err:
         build_trainer(new_run(cfg))
     assert "logger.broken" in str(err.value) and "logger.broken=null" in str(err.value)
+
+
+def test_a_busy_cpu_is_named_with_what_to_do() -> None:
+    from framework.train import cpu_busy_message
+
+    # two cores, another busy process beside this one, torch on both cores: warned
+    message = cpu_busy_message(load=2.6, cores=2, threads=2)
+    assert message is not None
+    assert "load average 2.6 on 2 cores" in message and "OMP_NUM_THREADS=1" in message
+    assert cpu_busy_message(load=1.2, cores=2, threads=2) is None  # only this process
+    assert cpu_busy_message(load=3.0, cores=2, threads=1) is None  # one thread: no waiting
+    assert cpu_busy_message(load=4.0, cores=16, threads=16) is None  # plenty of cores left
