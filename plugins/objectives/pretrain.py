@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from framework import hookimpl
 from framework.encoding import encode_text
-from framework.losses import causal_lm_loss
 
 
 @hookimpl
@@ -30,4 +29,6 @@ def tunesmith_encode_example(
 def tunesmith_compute_loss(name: str, model: Any, batch: dict, cfg: DictConfig) -> Any:
     if name != "pretrain":
         return None
+    from framework.losses import causal_lm_loss  # torch: only when a loss is computed
+
     return causal_lm_loss(model, batch)

@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from framework import hookimpl
 from framework.chat import encode_chat
-from framework.losses import causal_lm_loss
 
 
 @hookimpl
@@ -34,4 +33,6 @@ def tunesmith_encode_example(
 def tunesmith_compute_loss(name: str, model: Any, batch: dict, cfg: DictConfig) -> Any:
     if name != "sft":
         return None
+    from framework.losses import causal_lm_loss  # torch: only when a loss is computed
+
     return causal_lm_loss(model, batch)

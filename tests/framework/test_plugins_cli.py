@@ -40,3 +40,21 @@ def test_unimportable_module_is_one_clear_error(capsys) -> None:
     assert plugins_cli.main(["--with", "no_such_module_xyz"]) == 2
     err = capsys.readouterr().err
     assert "could not be imported" in err and "Traceback" not in err
+
+
+def test_listing_the_plugins_loads_no_heavy_library() -> None:
+    """Building the plugin manager imports every in-tree plugin: none may pull in torch."""
+    import subprocess
+
+    from framework.resolvers import ROOT_DIR
+
+    code = (
+        "import sys; from framework.manager import build_plugin_manager; "
+        "build_plugin_manager(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'lightning', 'peft') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
