@@ -30,6 +30,16 @@ BLEU_TOKENIZERS = ("auto", "13a", "zh", "intl", "char", "none")
 ROUGE_TOKENIZERS = ("auto", "default", "char", "jieba")
 
 
+def _one_of(setting: Any, choices: Sequence[str], what: str, where: str, note: str = "") -> str:
+    """``setting`` as a string (``None``/empty: ``auto``) if it is one of ``choices``."""
+    setting = str(setting or "auto")
+    if setting not in choices:
+        raise ConfigError(
+            f"Unknown {what} '{setting}'.", where=where, hint=f"one of {', '.join(choices)}{note}"
+        )
+    return setting
+
+
 # --------------------------------------------------------------------------- normalisation
 
 
@@ -90,13 +100,7 @@ def detect_language(texts: Sequence[str], setting: str = "auto") -> str:
     English ones (sacrebleu's ``zh`` falls back to ``13a`` outside CJK), so mixed data loses
     nothing.
     """
-    setting = str(setting or "auto")
-    if setting not in LANGUAGES:
-        raise ConfigError(
-            f"Unknown evaluation language '{setting}'.",
-            where="evaluator.language",
-            hint=f"one of {', '.join(LANGUAGES)}",
-        )
+    setting = _one_of(setting, LANGUAGES, "evaluation language", "evaluator.language")
     if setting != "auto":
         return setting
     return "zh" if any(has_cjk(t) for t in texts) else "en"
@@ -107,13 +111,13 @@ def detect_language(texts: Sequence[str], setting: str = "auto") -> str:
 
 def bleu_tokenizer(setting: str, language: str) -> str:
     """The sacrebleu tokenizer for ``evaluator.bleu.tokenize`` (``auto``: by language)."""
-    setting = str(setting or "auto")
-    if setting not in BLEU_TOKENIZERS:
-        raise ConfigError(
-            f"Unknown BLEU tokenizer '{setting}'.",
-            where="evaluator.bleu.tokenize",
-            hint=f"one of {', '.join(BLEU_TOKENIZERS)} (auto: zh for Chinese, else 13a)",
-        )
+    setting = _one_of(
+        setting,
+        BLEU_TOKENIZERS,
+        "BLEU tokenizer",
+        "evaluator.bleu.tokenize",
+        " (auto: zh for Chinese, else 13a)",
+    )
     if setting == "auto":
         return "zh" if language == "zh" else "13a"
     return setting
@@ -190,13 +194,13 @@ def rouge_tokenizer(setting: str, language: str) -> Any:
     ``auto`` picks rouge-score's English tokenizer for English (whose ``[a-z0-9]`` filter
     would drop every Chinese character) and characters for Chinese.
     """
-    setting = str(setting or "auto")
-    if setting not in ROUGE_TOKENIZERS:
-        raise ConfigError(
-            f"Unknown ROUGE tokenizer '{setting}'.",
-            where="evaluator.rouge.tokenize",
-            hint=f"one of {', '.join(ROUGE_TOKENIZERS)} (auto: char for Chinese, else default)",
-        )
+    setting = _one_of(
+        setting,
+        ROUGE_TOKENIZERS,
+        "ROUGE tokenizer",
+        "evaluator.rouge.tokenize",
+        " (auto: char for Chinese, else default)",
+    )
     if setting == "auto":
         setting = "char" if language == "zh" else "default"
     if setting == "default":
