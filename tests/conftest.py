@@ -56,10 +56,8 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
-@pytest.fixture
-def alpaca_file(tmp_path: Path) -> Path:
-    """A small alpaca JSONL file (arithmetic) the tiny model can overfit."""
-    path = tmp_path / "mini.jsonl"
+def write_sums(path: Path) -> Path:
+    """Write 40 alpaca records of small sums (the tiny model can overfit them) to ``path``."""
     rows = [
         {"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
         for a in range(1, 9)
@@ -67,6 +65,12 @@ def alpaca_file(tmp_path: Path) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def alpaca_file(tmp_path: Path) -> Path:
+    """A small alpaca JSONL file (arithmetic) the tiny model can overfit."""
+    return write_sums(tmp_path / "mini.jsonl")
 
 
 def run_cli(

@@ -12,25 +12,14 @@ import pytest
 import framework.evaluation as evaluation
 from framework.pipeline import run_pipeline
 from framework.run import read_jsonl
-from tests.conftest import TINY, compose_config
-
-
-def _data_file(folder: Path) -> Path:
-    path = folder / "mini.jsonl"
-    rows = [
-        {"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
-        for a in range(1, 9)
-        for b in range(1, 6)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+from tests.conftest import TINY, compose_config, write_sums
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny LoRA run that went through prepare and train (not evaluate): (run dir, data)."""
     root = tmp_path_factory.mktemp("trained")
-    data = _data_file(root)
+    data = write_sums(root / "mini.jsonl")
     cfg = compose_config(
         [*TINY, "data=alpaca", f"data.path={data}", "stages=[prepare,train]"], run_dir=root / "run"
     )

@@ -14,7 +14,7 @@ import pytest
 from framework.manager import build_plugin_manager
 from framework.pipeline import run_pipeline
 from framework.run import Run
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, write_sums
 
 _CACHE: dict[str, Path] = {}
 
@@ -31,13 +31,7 @@ def finished_run(factory: pytest.TempPathFactory) -> Path:
     """The directory of the shared finished run (trained on first use)."""
     if "run" not in _CACHE:
         root = factory.mktemp("tiny-run")
-        data = root / "sums.jsonl"
-        rows = [
-            {"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
-            for a in range(1, 9)
-            for b in range(1, 6)
-        ]
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        data = write_sums(root / "sums.jsonl")
         cfg = compose_config([*RUN_OVERRIDES, f"data.path={data}"], run_dir=root / "run")
         run_pipeline(cfg)
         _CACHE["run"] = root / "run"
