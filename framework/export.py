@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.errors import ConfigError, ModelError
 from framework.inference import EXPORT_CONFIG, end_of_turn_ids, is_quantized
+from framework.models import DTYPES
 from framework.run import Run, atomic_path
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ log = logging.getLogger(__name__)
 #: Config keys (under ``method`` or ``model``) with which a method asks for a quantized base
 #: model. The merge turns them off to rebuild the base in full precision (QLoRA).
 QUANTIZATION_KEYS = ("quantization", "quantization_config", "load_in_4bit", "load_in_8bit")
-
-#: ``export.dtype`` values and the torch dtype names they mean.
-EXPORT_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
 
 SPLITS = ("train", "val", "test")
 
@@ -79,7 +70,7 @@ def export_dtype(cfg: DictConfig) -> Any:
     name = cfg.export.get("dtype")
     if name in (None, "", "auto"):
         return None
-    key = EXPORT_DTYPES.get(str(name).lower())
+    key = DTYPES.get(str(name).lower())  # model.dtype's names; auto is handled above
     if key is None:
         raise ConfigError(
             f"Unknown export dtype '{name}'.",
