@@ -177,6 +177,21 @@ def _first_line(text: str | None, limit: int = 100) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _cells(
+    row: Row, summary: SweepSummary, metrics: list[str], error_width: int = 100
+) -> list[str]:
+    """A job's cells in the summary tables: rank, best, job, status, swept values, metrics, error."""
+    return [
+        str(row.rank),
+        BEST_MARK if row.best else "",
+        str(row.job.num),
+        row.job.status,
+        *[row.params.get(k, "") for k in summary.swept],
+        *[_fmt(row.metrics.get(k)) for k in metrics],
+        _first_line(row.job.error, error_width),
+    ]
+
+
 def _job_label(row: Row, summary: SweepSummary) -> str:
     return " ".join(f"{k}={row.params.get(k, '')}" for k in summary.swept) or " ".join(
         row.job.overrides
@@ -270,15 +285,7 @@ def write_markdown(summary: SweepSummary, path: Path) -> Path:
     align += ["---:"] * len(summary.metric_columns) + ["---"]
     lines += ["", "| " + " | ".join(_md(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     for row in summary.rows:
-        cells = [
-            str(row.rank),
-            BEST_MARK if row.best else "",
-            str(row.job.num),
-            row.job.status,
-            *[row.params.get(k, "") for k in summary.swept],
-            *[_fmt(row.metrics.get(k)) for k in summary.metric_columns],
-            _first_line(row.job.error),
-        ]
+        cells = _cells(row, summary, summary.metric_columns)
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     if "png" in summary.files:
         alt = f"{summary.metric or 'metric'} against each swept value"
@@ -404,16 +411,7 @@ def print_summary(summary: SweepSummary) -> None:
     for col in ("rank", "best", "job", "status", *summary.swept, *shown, "error"):
         table.add_column(col, justify="right" if col in shown or col in ("rank", "job") else "left")
     for row in summary.rows:
-        cells = [
-            str(row.rank),
-            BEST_MARK if row.best else "",
-            str(row.job.num),
-            row.job.status,
-            *[row.params.get(k, "") for k in summary.swept],
-            *[_fmt(row.metrics.get(k)) for k in shown],
-            _first_line(row.job.error, 70),
-        ]
-        table.add_row(*[escape(c) for c in cells])
+        table.add_row(*[escape(c) for c in _cells(row, summary, shown, error_width=70)])
     console.print(table)
     best = summary.best
     if best is not None:
