@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_eval import smollm2_cached  # noqa: E402
+from benchmarks.methods_memory import run_measured  # noqa: E402
 
 PRECISIONS = ("bf16-mixed", "32-true")
 METHODS = ("full", "lora", "qlora")
@@ -53,21 +53,14 @@ def _run(overrides: list[str], workdir: Path, name: str) -> dict:
         f"+callbacks.bench_probe.out={probe}",
     ]
     print(f"$ python run.py {' '.join(overrides)}", flush=True)
-    start = time.perf_counter()
     env = {**os.environ, "TUNESMITH_OUTPUT": str(workdir / "outputs"), "BENCH_T0": str(time.time())}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    stderr = proc.stderr.read() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
+    code, wall, peak_rss_mib, stderr = run_measured(cmd, env)
     result: dict = {
         "name": name,
         "overrides": overrides,
         "returncode": code,
         "wall_s": wall,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib,
     }
     if code != 0:
         result["stderr_tail"] = stderr[-3000:]

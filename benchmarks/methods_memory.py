@@ -22,6 +22,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_measured(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[int, float, float, str]:
+    """Run ``cmd`` from the repository root in a fresh process, stdout discarded.
+
+    Returns:
+        ``(exit code, wall seconds, the process's own peak RSS in MiB (wait4), stderr)``.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    stderr = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024, stderr
+
+
 def measure(method: str, steps: int = 5, workdir: Path | None = None, *extra: str) -> dict:
     """Train SmolLM2 with ``method`` for ``steps`` steps in a fresh process; return its figures.
 
@@ -47,21 +65,13 @@ def measure(method: str, steps: int = 5, workdir: Path | None = None, *extra: st
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    stderr = proc.stderr.read() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
+    code, wall, peak_rss_mib, stderr = run_measured(cmd)
     summary_path = run_dir / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     result = {
         "method": method,
         "steps": steps,
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_mib, 1),
         "wall_s": round(wall, 1),
         "train_s": summary.get("wall_time_s"),
         "trainable": summary.get("trainable"),
