@@ -1,7 +1,7 @@
 """Evaluation benchmark: batched generation against one prompt at a time, same greedy answers.
 
 Generates greedy answers for the prompts of a test split through tunesmith's own
-``framework.evaluation.generate`` twice: with ``evaluator.batch_size`` (16, the default) and
+``framework.model.generation.generate`` twice: with ``evaluator.batch_size`` (16, the default) and
 with ``evaluator.batch_size=1``. The two alternate ``--repeat`` times; the figures are
 medians. The answers of both must be identical.
 
@@ -71,10 +71,10 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from framework.chat import prompt_of, render
     from framework.cli import CONFIG_DIR
-    from framework.evaluation import generate
+    from framework.data.chat import prompt_of, render
     from framework.manager import build_plugin_manager
+    from framework.model.generation import generate
     from framework.resolvers import register_resolvers
     from framework.run import read_jsonl
 

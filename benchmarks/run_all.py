@@ -192,7 +192,7 @@ def render(
         )
         lines += [
             f"* {what}: {e['prompts']} prompts, greedy, `max_new_tokens={e['max_new_tokens']}`, "
-            f"{e['answer_tokens']} answer tokens, through `framework.evaluation.generate`: "
+            f"{e['answer_tokens']} answer tokens, through `framework.model.generation.generate`: "
             f"batches of {e['batch_size']} took {fmt(e['batched_s'])} s, one prompt at a time "
             f"{fmt(e['one_at_a_time_s'])} s: **{fmt(e['speedup'])}x**; {e['identical']} of "
             f"{e['prompts']} answers identical.",

@@ -132,7 +132,7 @@ def build_tokenizer(records: list[dict[str, str]], vocab_size: int):  # noqa: AN
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from framework.chat import FALLBACK_CHAT_TEMPLATE
+    from framework.data.chat import FALLBACK_CHAT_TEMPLATE
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())

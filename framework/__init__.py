@@ -2,7 +2,8 @@
 
 A plugin needs only::
 
-    from framework import hookimpl
+    from framework import hookimpl            # and the descriptors it declares:
+    from framework import Metric, Method, Objective, Stage, ...
 
 Importing this package is cheap (no torch): heavy libraries load when a stage needs them.
 """
@@ -25,4 +26,30 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weight
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+# What plugins declare in tunesmith_provides (plain dataclasses: cheap to import).
+from framework.descriptors import (  # noqa: E402
+    DataFormat,
+    ExportFormat,
+    FileType,
+    Method,
+    Metric,
+    ModelSource,
+    Objective,
+    Score,
+    Stage,
+)
+
+__all__ = [
+    "PROJECT_NAME",
+    "DataFormat",
+    "ExportFormat",
+    "FileType",
+    "Method",
+    "Metric",
+    "ModelSource",
+    "Objective",
+    "Score",
+    "Stage",
+    "hookimpl",
+    "hookspec",
+]

@@ -87,7 +87,7 @@ def in_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    from framework import sweep
+    from framework.sweep import jobs as sweep
 
     multirun = in_multirun()
     try:
@@ -200,6 +200,6 @@ def main() -> None:
         if err is None or debug:
             raise
         sys.exit(report(err))
-    from framework.sweep import exit_status
+    from framework.sweep.jobs import exit_status
 
     sys.exit(exit_status())

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     from lightning.pytorch import Callback
     from omegaconf import DictConfig
 
-    from framework.evaluation import EvalContext
+    from framework.evaluate.context import EvalContext
     from framework.run import Run
 
 # --------------------------------------------------------------------------- discovery
@@ -158,7 +158,7 @@ def tunesmith_model_load_kwargs(name: str, cfg: DictConfig) -> dict[str, Any] | 
 
     Called by :meth:`framework.run.Run.build_base` with ``name = cfg.method.name`` before it
     calls :func:`tunesmith_build_model`; the result is in force for every
-    ``framework.models.load_pretrained`` call the model plugin makes (so model plugins need
+    ``framework.model.loading.load_pretrained`` call the model plugin makes (so model plugins need
     not know about methods). ``method=qlora`` returns a 4-bit ``quantization_config``.
 
     Args:
@@ -227,7 +227,7 @@ def tunesmith_compute_loss(
         batch: the collated batch: ``input_ids``, ``labels``, ``num_tokens`` and either
             ``attention_mask`` (padded) or ``position_ids`` (``data.packing``: several
             examples per row, no mask). Run the model with
-            ``model(**framework.losses.model_inputs(batch))``, which keeps packed examples
+            ``model(**framework.train.losses.model_inputs(batch))``, which keeps packed examples
             apart; ``model(**batch)`` would not.
         cfg: the whole run config.
 

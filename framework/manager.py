@@ -8,6 +8,13 @@ Plugins come from three places, registered in this order:
 
 Setting ``TUNESMITH_DISABLE_PLUGINS=name1,name2`` skips plugins by name (the entry-point
 name, or the module path for in-tree and ``cfg.plugins`` modules).
+
+What each plugin serves comes from its ``tunesmith_provides`` descriptors
+(:mod:`framework.descriptors`); the manager keeps them per stage key, and the core asks
+:meth:`TunesmithPluginManager.describe` instead of guessing from a name. A broken in-tree or
+installed plugin (import error, unknown hook, bad signature, bad descriptors) is reported and
+left out; the rest keeps working. A module named in ``cfg.plugins`` was asked for explicitly:
+anything wrong with it is an error.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
 from framework import PROJECT_NAME, hookspecs
-from framework.errors import ConfigError, did_you_mean
+from framework.descriptors import Provided, Stage, as_descriptors, stage_key
+from framework.errors import ConfigError, TunesmithError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +90,30 @@ STAGE_KEYS: dict[str, str] = {
 
 @dataclass
 class Provider:
-    """One plugin serving one name: which plugin, and which installed package it came from."""
+    """One plugin serving one name: which plugin, which installed package, what it declared."""
 
     plugin: str
     package: str
+    info: Provided | None = None
+    dist: importlib.metadata.Distribution | None = field(default=None, repr=False, compare=False)
+
+
+class PluginLoadError(TunesmithError):
+    """A plugin module that cannot be used (raised for ``cfg.plugins``; others are skipped)."""
 
 
 @dataclass
 class TunesmithPluginManager:
-    """A pluggy manager plus the table of names each stage serves."""
+    """A pluggy manager plus the table of what each stage key serves."""
 
     pm: pluggy.PluginManager
     served: dict[str, dict[str, list[Provider]]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    #: Plugins left out by TUNESMITH_DISABLE_PLUGINS -> how to load them (only to tell the
+    #: user which disabled plugin serves a name they asked for).
+    disabled_loaders: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Plugin name -> the distribution it came from (``None``: in-tree or cfg.plugins).
+    dists: dict[str, importlib.metadata.Distribution | None] = field(default_factory=dict)
 
     @property
     def hook(self) -> pluggy.HookRelay:
@@ -103,11 +123,57 @@ class TunesmithPluginManager:
         """The names served for ``stage``, sorted."""
         return sorted(self.served.get(stage, {}))
 
+    def describe(self, stage: str, name: str) -> Provided | None:
+        """What the plugin serving ``name`` for ``stage`` declared (the last registered
+        plugin answers first, as with hooks), or ``None`` when nobody serves it."""
+        providers = self.served.get(stage, {}).get(name)
+        if not providers:
+            return None
+        return providers[-1].info
+
+    def providers(self, stage: str, name: str) -> list[Provider]:
+        """Every plugin serving ``name`` for ``stage``, in registration order."""
+        return list(self.served.get(stage, {}).get(name, []))
+
+    def sessions(self) -> set[str]:
+        """The session stages (used without changing a run: ``chat``, ``serve``)."""
+        return {
+            name
+            for name in self.names("stage")
+            if isinstance(info := self.describe("stage", name), Stage) and info.session
+        }
+
+    def run_stage(self, name: str, run: Any) -> None:
+        """Run the stage ``name``: its descriptor's ``run``, else the ``tunesmith_run_stage``
+        hook (plugins written for the first contract)."""
+        self.require("stage", name)
+        info = self.describe("stage", name)
+        if isinstance(info, Stage) and info.run is not None:
+            info.run(run)
+            return
+        if not self.hook.tunesmith_run_stage(name=name, run=run):
+            raise TunesmithError(
+                f"The plugin serving stage '{name}' did not run it.",
+                where="stages",
+                hint="its Stage descriptor needs run=<function>, or its tunesmith_run_stage "
+                "hook must return True for this name.",
+            )
+
     def require(self, stage: str, name: str) -> None:
         """Raise :class:`ConfigError` unless some plugin serves ``name`` for ``stage``."""
         table = self.served.get(stage, {})
         if name in table:
             return
+        where = STAGE_KEYS.get(stage, stage)
+        off = [p for p in sorted(self.disabled_loaders) if (stage, name) in self._served_by(p)]
+        if off:
+            raise ConfigError(
+                f"{stage} '{name}' is served by the plugin {', '.join(off)}, which is disabled "
+                f"by {DISABLE_ENV}={os.environ.get(DISABLE_ENV, '')}.",
+                where=where,
+                hint=f"remove {', '.join(off)} from {DISABLE_ENV}, or pick another {stage}: "
+                f"{', '.join(sorted(table)) or '(none)'}.",
+            )
         listing = (
             "\n".join(
                 f"    {n:<16} from {', '.join(f'{p.plugin} ({p.package})' for p in provs)}"
@@ -115,17 +181,29 @@ class TunesmithPluginManager:
             )
             or "    (none)"
         )
-        failed = ""
+        notes = ""
         if self.failed:
-            failed = "\n  plugins that failed to load: " + ", ".join(
-                f"{k} ({v})" for k, v in self.failed.items()
+            notes += "\n  plugins that failed to load: " + ", ".join(
+                f"{k} ({v.splitlines()[0]})" for k, v in self.failed.items()
+            )
+        if self.disabled_loaders:
+            notes += f"\n  plugins disabled by {DISABLE_ENV}: " + ", ".join(
+                sorted(self.disabled_loaders)
             )
         raise ConfigError(
             f"No plugin serves {stage} '{name}'.{did_you_mean(name, table)}\n"
-            f"  served names for {stage}:\n{listing}{failed}",
-            where=STAGE_KEYS.get(stage, stage),
+            f"  served names for {stage}:\n{listing}{notes}",
+            where=where,
             hint=f"pick one of the names above, or install/list a plugin that serves '{name}'.",
         )
+
+    def _served_by(self, plugin: str) -> set[tuple[str, str]]:
+        """What the disabled ``plugin`` would serve (loaded on demand, never registered)."""
+        try:
+            module = self.disabled_loaders[plugin]()
+            return {(stage_key(d), d.name) for d in _descriptors_of(module)}
+        except Exception:  # a disabled plugin may well be broken: that is why it is off
+            return set()
 
 
 def _package_of(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
@@ -145,16 +223,127 @@ def _say(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def _report_failure(name: str, source: str, exc: BaseException) -> None:
-    _say(
-        f"plugin '{name}' ({source}) failed to load and is left out: "
-        f"{type(exc).__name__}: {exc}. The other plugins work; to silence this, fix or "
-        f"uninstall it, or set {DISABLE_ENV}={name}."
-    )
-
-
 def _disabled() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+_IMPL_ATTR = f"{PROJECT_NAME}_impl"
+_SPEC_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("tunesmith_"))
+
+
+def check_plugin(plugin: object) -> None:
+    """Check a plugin's hook implementations against the hook specs before registering it.
+
+    Raises:
+        PluginLoadError: an implementation names a hook that does not exist (with the
+            nearest real hook), or takes an argument its hook does not pass.
+    """
+    import inspect
+
+    for attr in dir(plugin):
+        func = getattr(plugin, attr, None)
+        if not callable(func) or getattr(func, _IMPL_ATTR, None) is None:
+            continue
+        hook_name = (getattr(func, _IMPL_ATTR) or {}).get("specname") or attr
+        if hook_name not in _SPEC_NAMES:
+            raise PluginLoadError(
+                f"it implements '{hook_name}', which is not a tunesmith hook."
+                f"{did_you_mean(hook_name, _SPEC_NAMES)}"
+            )
+        spec_args = set(inspect.signature(getattr(hookspecs, hook_name)).parameters)
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            continue
+        extra = [
+            n
+            for n, p in params.items()
+            if n not in spec_args
+            and p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if extra:
+            raise PluginLoadError(
+                f"its '{hook_name}' takes {', '.join(repr(e) for e in extra)}, which the hook "
+                f"does not pass (it passes: {', '.join(sorted(spec_args))})."
+            )
+
+
+def _descriptors_of(plugin: object) -> list[Provided]:
+    provides = getattr(plugin, "tunesmith_provides", None)
+    if provides is None or getattr(provides, _IMPL_ATTR, None) is None:
+        return []
+    return as_descriptors(provides())
+
+
+class _Loader:
+    """Registers plugins one by one; reports and skips the broken ones."""
+
+    def __init__(self, manager: TunesmithPluginManager, disabled: set[str]) -> None:
+        self.manager = manager
+        self.disabled = disabled
+        self.seen: set[str] = set()
+
+    def skip_disabled(self, name: str, load: Any) -> bool:
+        """Whether ``name`` is disabled; if so, keep a way to learn what it would serve."""
+        self.seen.add(name)
+        if name not in self.disabled:
+            return False
+        self.manager.disabled_loaders[name] = load
+        return True
+
+    def add(
+        self,
+        name: str,
+        plugin: object,
+        source: str,
+        dist: importlib.metadata.Distribution | None,
+        strict: bool,
+    ) -> bool:
+        """Check, register and read the descriptors of ``plugin``; ``False`` if left out."""
+        manager = self.manager
+        try:
+            check_plugin(plugin)
+            infos = _descriptors_of(plugin)
+            manager.pm.register(plugin, name=name)
+        except (PluginLoadError, pluggy.PluginValidationError, TypeError, ValueError) as exc:
+            self.fail(name, source, dist, exc, strict)
+            return False
+        except Exception as exc:  # tunesmith_provides itself raised
+            self.fail(name, source, dist, exc, strict)
+            return False
+        manager.dists[name] = dist
+        package = _package_of(plugin, dist)
+        for info in infos:
+            manager.served.setdefault(stage_key(info), {}).setdefault(info.name, []).append(
+                Provider(plugin=name, package=package, info=info, dist=dist)
+            )
+        return True
+
+    def fail(
+        self,
+        name: str,
+        source: str,
+        dist: importlib.metadata.Distribution | None,
+        exc: BaseException,
+        strict: bool,
+    ) -> None:
+        what = str(exc) if isinstance(exc, PluginLoadError) else f"{type(exc).__name__}: {exc}"
+        origin = f"entry point '{name} = {source}'" if dist is not None else f"module '{source}'"
+        package = f" of {dist.metadata['Name']} {dist.version}" if dist is not None else ""
+        if strict:
+            raise ConfigError(
+                f"The plugin module '{name}' cannot be used: {what}",
+                where="plugins (cfg.plugins)",
+                hint="fix the module (hook names start with 'tunesmith_' and are listed in "
+                "framework/hookspecs.py), or remove it from plugins=[...].",
+            ) from exc
+        self.manager.failed[name] = what
+        _say(
+            f"plugin '{name}' ({origin}{package}) is broken and is left out: {what} "
+            f"The other plugins work; to silence this, fix or uninstall it, or set "
+            f"{DISABLE_ENV}={name}."
+        )
 
 
 def build_plugin_manager(
@@ -167,49 +356,47 @@ def build_plugin_manager(
         entry_points: whether to load the ``tunesmith`` entry-point group.
 
     Returns:
-        The manager, with every plugin registered and the served-names table filled in.
+        The manager, with every working plugin registered and the served-names table filled in.
 
     Raises:
-        ConfigError: a module in ``extra`` cannot be imported, or implements a hook that
-            does not exist (a misspelled hook name).
+        ConfigError: a module in ``extra`` cannot be imported or used (an unknown hook, a bad
+            signature, bad descriptors). In-tree and installed plugins with such faults are
+            reported and skipped instead.
     """
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    manager = TunesmithPluginManager(pm=pm)
     disabled = _disabled()
-    failed: dict[str, str] = {}
-    dists: dict[str, importlib.metadata.Distribution | None] = {}
+    loader = _Loader(manager, disabled)
 
-    seen: set[str] = set()
     for modname in INTREE_PLUGINS:
-        seen.add(modname)
-        if modname in disabled:
+        if loader.skip_disabled(modname, lambda m=modname: importlib.import_module(m)):
             continue
         try:
             plugin = importlib.import_module(modname)
         except Exception as exc:  # e.g. an optional dependency is missing: the rest still works
-            failed[modname] = f"{type(exc).__name__}: {exc}"
-            _report_failure(modname, modname, exc)
+            loader.fail(modname, modname, None, exc, strict=False)
             continue
-        pm.register(plugin, name=modname)
-        dists[modname] = None
+        loader.add(modname, plugin, modname, None, strict=False)
 
     if entry_points:
         for ep in importlib.metadata.entry_points(group=PROJECT_NAME):
-            seen.add(ep.name)
-            if ep.name in disabled or pm.has_plugin(ep.name):
+            if pm.has_plugin(ep.name) or ep.name in manager.failed:
+                continue
+            if loader.skip_disabled(ep.name, ep.load):
                 continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party plugin must not take the rest down
-                failed[ep.name] = f"{type(exc).__name__}: {exc}"
-                _report_failure(ep.name, ep.value, exc)
+                loader.fail(ep.name, ep.value, ep.dist, exc, strict=False)
                 continue
-            pm.register(plugin, name=ep.name)
-            dists[ep.name] = ep.dist
+            loader.add(ep.name, plugin, ep.value, ep.dist, strict=False)
 
     for modname in extra:
         modname = str(modname)
-        if modname in disabled or pm.has_plugin(modname):
+        if pm.has_plugin(modname) or loader.skip_disabled(
+            modname, lambda m=modname: importlib.import_module(m)
+        ):
             continue
         try:
             plugin = importlib.import_module(modname)
@@ -220,37 +407,11 @@ def build_plugin_manager(
                 hint="check the dotted module path and that its package is installed "
                 "(or on PYTHONPATH).",
             ) from exc
-        pm.register(plugin, name=modname)
-        dists[modname] = None
+        loader.add(modname, plugin, modname, None, strict=True)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigError(
-            f"A plugin implements a hook that tunesmith does not have: {exc}",
-            where="framework/hookspecs.py lists the hooks",
-            hint="fix the hook name (all hooks start with 'tunesmith_').",
-        ) from exc
-
-    seen.update(str(m) for m in extra)
-    for name in sorted(disabled - seen):
+    for name in sorted(disabled - loader.seen):
         _say(
-            f"{DISABLE_ENV} names '{name}', but no plugin has that name.{did_you_mean(name, seen)}"
+            f"{DISABLE_ENV} names '{name}', but no plugin has that name."
+            f"{did_you_mean(name, loader.seen)}"
         )
-
-    manager = TunesmithPluginManager(pm=pm, failed=failed)
-    for impl in pm.hook.tunesmith_provides.get_hookimpls():
-        try:
-            provided = impl.function() or {}
-        except Exception as exc:  # its names cannot be known: leave the plugin out
-            failed[impl.plugin_name] = f"{type(exc).__name__}: {exc}"
-            _report_failure(impl.plugin_name, "tunesmith_provides()", exc)
-            pm.unregister(name=impl.plugin_name)
-            continue
-        package = _package_of(impl.plugin, dists.get(impl.plugin_name))
-        for stage, names in provided.items():
-            for name in names:
-                manager.served.setdefault(stage, {}).setdefault(name, []).append(
-                    Provider(plugin=impl.plugin_name, package=package)
-                )
     return manager

@@ -300,7 +300,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         for a finished run that had nothing to do, the metrics it saved.
 
     Raises:
-        TunesmithError: bad input; :class:`framework.resilience.RunInterrupted` when a signal
+        TunesmithError: bad input; :class:`framework.train.resilience.RunInterrupted` when a signal
             stopped training after saving a checkpoint.
     """
     library_logs.tidy()
@@ -322,7 +322,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     for stage in stages:
         plugins.require("stage", stage)
 
-    sessions = set(plugins.names("session"))
+    sessions = plugins.sessions()
     # Session stages (chat, serve) use a run without changing it: they are not recorded in
     # run_state.json, run again every time, leave the run's config.yaml as it was, and do
     # not take the run's lock (a server may run for days beside other commands).
@@ -346,7 +346,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         seed_everything(int(cfg.seed))
         for stage in session_stages:
             log.info("stage: %s", stage)
-            plugins.hook.tunesmith_run_stage(name=stage, run=run)
+            plugins.run_stage(stage, run)
     return run.metrics if plan or session_stages else run.saved_metrics()
 
 
@@ -361,7 +361,7 @@ def _run_recorded(run: Run, plan: list[str]) -> None:
     try:
         for stage in plan:
             log.info("stage: %s", stage)
-            run.hook.tunesmith_run_stage(name=stage, run=run)
+            run.plugins.run_stage(stage, run)
             run.mark(stage=stage)
     except BaseException as exc:
         interrupted = _interruption(exc)
@@ -388,7 +388,7 @@ def run_as_worker(run: Run, stages: list[str]) -> dict[str, Any]:
     seed_everything(int(run.cfg.seed))
     for stage in stages:
         if stage in EVERY_RANK_STAGES:
-            run.plugins.hook.tunesmith_run_stage(name=stage, run=run)
+            run.plugins.run_stage(stage, run)
     return run.metrics
 
 

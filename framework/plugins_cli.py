@@ -28,7 +28,9 @@ def collect(extra: Sequence[str] = ()) -> dict[str, Any]:
 
     Returns:
         ``{"stages": [{"stage", "config_key", "names": [{"name", "providers": [{"plugin",
-        "package"}]}]}], "config_packages": [...], "disabled": [...], "failed": {...}}``.
+        "package", "description", "declared"}]}]}], "config_packages": [...],
+        "disabled": [...], "failed": {...}}``; ``declared`` holds the descriptor's fields
+        (a metric's ``higher_is_better``, a method's ``kind``, an objective's ``options``...).
     """
     from framework.manager import STAGE_KEYS, build_plugin_manager
     from framework.plugin_conf import config_packages, disabled_names
@@ -44,7 +46,12 @@ def collect(extra: Sequence[str] = ()) -> dict[str, Any]:
                     {
                         "name": name,
                         "providers": [
-                            {"plugin": p.plugin, "package": p.package}
+                            {
+                                "plugin": p.plugin,
+                                "package": p.package,
+                                "description": p.info.description if p.info else "",
+                                "declared": p.info.metadata() if p.info else {},
+                            }
                             for p in manager.served.get(stage, {})[name]
                         ],
                     }
@@ -62,6 +69,29 @@ def collect(extra: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
+def declared_text(declared: dict[str, Any]) -> str:
+    """A descriptor's fields in a few words: ``higher is better``, ``kind=adapter``..."""
+    parts: list[str] = []
+    for key, value in declared.items():
+        if key == "higher_is_better":
+            parts.append(
+                "direction not declared"
+                if value is None
+                else ("higher is better" if value else "lower is better")
+            )
+        elif key == "run" or value in (None, (), [], {}, "") or value is False:
+            continue
+        elif isinstance(value, dict):
+            parts.append(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        elif isinstance(value, list):
+            parts.append(f"{key}: {', '.join(str(v) for v in value)}")
+        elif value is True:
+            parts.append(key)
+        else:
+            parts.append(f"{key}={value}")
+    return "; ".join(parts)
+
+
 def render(data: dict[str, Any]) -> None:
     """Print the listing as tables."""
     from rich.console import Console
@@ -70,8 +100,8 @@ def render(data: dict[str, Any]) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     table = Table(title="tunesmith plugins: the names each stage serves, and who serves them")
-    for col in ("stage", "picked by", "name", "plugin", "package"):
-        table.add_column(col)
+    for col in ("stage", "picked by", "name", "declared", "plugin", "package"):
+        table.add_column(col, overflow="fold")
     for entry in data["stages"]:
         first = True
         for named in entry["names"] or [{"name": "(none)", "providers": [{}]}]:
@@ -81,6 +111,7 @@ def render(data: dict[str, Any]) -> None:
                     entry["stage"] if first else "",
                     entry["config_key"] if first else "",
                     named["name"] if i == 0 else "",
+                    declared_text(prov.get("declared") or {}),
                     prov.get("plugin", "") + note,
                     prov.get("package", ""),
                 )

@@ -27,7 +27,7 @@ def _suffix(override_dirname: str) -> str:
 
 
 def _sweep_name() -> str:
-    from framework.sweep import sweep_name
+    from framework.sweep.jobs import sweep_name
 
     return sweep_name()
 

@@ -278,7 +278,7 @@ class Run:
                 (``tunesmith_model_load_kwargs``: e.g. 4-bit for ``method=qlora``); ``False``
                 loads it plainly (e.g. to merge an adapter into full-precision weights).
         """
-        from framework.models import method_load_kwargs
+        from framework.model.loading import method_load_kwargs
 
         name = str(self.cfg.model.name)
         self.plugins.require("model", name)

@@ -8,25 +8,25 @@ writes ``human_eval/results.json`` with win / tie / loss rates per side.
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Stage, hookimpl
 from framework.run import Run
 
 
-@hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"stage": ["human_eval_export", "human_eval_import"]}
+def export_sheet(run: Run) -> None:
+    from framework.evaluate.human_eval import export_stage
+
+    export_stage(run)
+
+
+def import_sheet(run: Run) -> None:
+    from framework.evaluate.human_eval import import_stage
+
+    import_stage(run)
 
 
 @hookimpl
-def tunesmith_run_stage(name: str, run: Run) -> bool | None:
-    if name == "human_eval_export":
-        from framework.human_eval import export_stage
-
-        export_stage(run)
-    elif name == "human_eval_import":
-        from framework.human_eval import import_stage
-
-        import_stage(run)
-    else:
-        return None
-    return True
+def tunesmith_provides() -> list[Stage]:
+    return [
+        Stage("human_eval_export", run=export_sheet, description="write a blinded A/B sheet"),
+        Stage("human_eval_import", run=import_sheet, description="read the sheet: win rates"),
+    ]

@@ -6,25 +6,25 @@ recorded in ``run_state.json`` and run again every time they are asked for.
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Stage, hookimpl
 from framework.run import Run
 
 
-@hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"stage": ["chat", "serve"], "session": ["chat", "serve"]}
+def chat(run: Run) -> None:
+    from framework.serve.chat_cli import chat
+
+    chat(run)
+
+
+def serve(run: Run) -> None:
+    from framework.serve.http import serve
+
+    serve(run)
 
 
 @hookimpl
-def tunesmith_run_stage(name: str, run: Run) -> bool | None:
-    if name == "chat":
-        from framework.chat_cli import chat
-
-        chat(run)
-    elif name == "serve":
-        from framework.serve import serve
-
-        serve(run)
-    else:
-        return None
-    return True
+def tunesmith_provides() -> list[Stage]:
+    return [
+        Stage("chat", run=chat, session=True, description="chat with the model in the terminal"),
+        Stage("serve", run=serve, session=True, description="OpenAI-compatible HTTP API"),
+    ]

@@ -1,34 +1,44 @@
-"""The four core stages: prepare, train, evaluate, export."""
+"""The four core stages: prepare, train, evaluate, export.
+
+Each stage is registered with a :class:`framework.Stage` descriptor whose ``run`` imports its
+module only when the stage runs (``python run.py plugins`` stays free of torch).
+"""
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Stage, hookimpl
 from framework.run import Run
 
 
-@hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"stage": ["prepare", "train", "evaluate", "export"]}
+def prepare(run: Run) -> None:
+    from framework.data.prepare import prepare
+
+    prepare(run)
+
+
+def train(run: Run) -> None:
+    from framework.train.stage import train
+
+    train(run)
+
+
+def evaluate(run: Run) -> None:
+    from framework.evaluate.stage import evaluate
+
+    evaluate(run)
+
+
+def export(run: Run) -> None:
+    from framework.export.stage import export
+
+    export(run)
 
 
 @hookimpl
-def tunesmith_run_stage(name: str, run: Run) -> bool | None:
-    if name == "prepare":
-        from framework.data import prepare
-
-        prepare(run)
-    elif name == "train":
-        from framework.train import train
-
-        train(run)
-    elif name == "evaluate":
-        from framework.evaluation import evaluate
-
-        evaluate(run)
-    elif name == "export":
-        from framework.export import export
-
-        export(run)
-    else:
-        return None
-    return True
+def tunesmith_provides() -> list[Stage]:
+    return [
+        Stage("prepare", run=prepare, description="load, validate, clean, split and report data"),
+        Stage("train", run=train, description="apply the method and fit with lightning.Trainer"),
+        Stage("evaluate", run=evaluate, description="score base and tuned on the test split"),
+        Stage("export", run=export, description="write the formats in export.formats"),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -86,3 +87,40 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+# --------------------------------------------------------------------------- example plugin
+#: The example third-party package (examples/plugins/tunesmith-example) and its dist name.
+EXAMPLE_PLUGIN = ROOT_DIR / "examples" / "plugins" / "tunesmith-example"
+EXAMPLE_DIST = "tunesmith-example 0.1.0"
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the example package as ``pip install`` leaves it (with its
+    ``.dist-info`` and entry points); put it on ``PYTHONPATH`` to have it installed."""
+    root = tmp_path_factory.mktemp("example_plugin")
+    src = root / "src"  # build from a copy, so no build/ or .egg-info lands in the checkout
+    shutil.copytree(
+        EXAMPLE_PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    target = root / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (target / "tunesmith_example" / "conf" / "method" / "last_layers.yaml").is_file()
+    return target
+
+
+@pytest.fixture
+def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch):
+    """The example package importable (and its entry points visible) in this process."""
+    monkeypatch.syspath_prepend(str(installed))
+    yield installed
+    for name in [m for m in sys.modules if m.startswith("tunesmith_example")]:
+        del sys.modules[name]

@@ -21,9 +21,9 @@ def new_run(cfg: DictConfig) -> Run:
 
 def fit(cfg: DictConfig) -> Run:
     """Prepare the data and train, in this process; the run keeps the trained model."""
-    from framework.data import prepare
+    from framework.data.prepare import prepare
     from framework.pipeline import seed_everything
-    from framework.train import train
+    from framework.train.stage import train
 
     run = new_run(cfg)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +40,8 @@ def reload(cfg: DictConfig) -> Any:
 
 
 def encoded(run: Run, split: str = "train") -> list[dict]:
-    from framework.data import load_splits
-    from framework.datamodule import FineTuneDataModule
+    from framework.data.datamodule import FineTuneDataModule
+    from framework.data.prepare import load_splits
 
     dm = FineTuneDataModule(load_splits(run), run.cfg)
     dm.connect(run.tokenizer, run.plugins)
@@ -50,7 +50,7 @@ def encoded(run: Run, split: str = "train") -> list[dict]:
 
 def batch_of(run: Run, split: str = "train", n: int = 8) -> dict[str, torch.Tensor]:
     """The first ``n`` encoded examples of ``split`` as a model input batch (no labels)."""
-    from framework.datamodule import Collator
+    from framework.data.datamodule import Collator
 
     batch = Collator(run.tokenizer.pad_token_id)(encoded(run, split)[:n])
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -58,7 +58,7 @@ def batch_of(run: Run, split: str = "train", n: int = 8) -> dict[str, torch.Tens
 
 def mean_loss(model: Any, run: Run, split: str = "train") -> float:
     """The objective's loss of ``model`` over the whole of ``split``, in one batch."""
-    from framework.datamodule import Collator
+    from framework.data.datamodule import Collator
 
     batch = Collator(run.tokenizer.pad_token_id)(encoded(run, split))
     model.eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from framework.errors import ModelError
-from framework.models import check_model_dir
+from framework.model.loading import check_model_dir
 from tests.conftest import TINY, run_cli
 
 
@@ -155,7 +155,7 @@ def test_a_folder_that_is_not_a_model(tmp_path: Path, alpaca_file: Path) -> None
 
 
 def test_a_model_with_damaged_weights(tmp_path: Path) -> None:
-    from framework.models import load_pretrained
+    from framework.model.loading import load_pretrained
     from tests.conftest import compose_config
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))

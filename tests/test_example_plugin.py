@@ -7,51 +7,14 @@ directory that only these tests put on the path: the shared environment is never
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
 
 from framework.errors import ConfigError
-from framework.resolvers import ROOT_DIR
+from tests.conftest import EXAMPLE_DIST as DIST
 from tests.conftest import TINY, compose_config, run_cli
-
-EXAMPLE = ROOT_DIR / "examples" / "plugins" / "tunesmith-example"
-DIST = "tunesmith-example 0.1.0"
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding the example package as ``pip install`` leaves it (with its
-    ``.dist-info`` and entry points); put it on ``PYTHONPATH`` to have it installed."""
-    root = tmp_path_factory.mktemp("example_plugin")
-    src = root / "src"  # build from a copy, so no build/ or .egg-info lands in the checkout
-    shutil.copytree(
-        EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    target = root / "site"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (target / "tunesmith_example" / "conf" / "method" / "last_layers.yaml").is_file()
-    return target
-
-
-@pytest.fixture
-def on_path(installed: Path, monkeypatch: pytest.MonkeyPatch):
-    """The example package importable (and its entry points visible) in this process."""
-    monkeypatch.syspath_prepend(str(installed))
-    yield installed
-    for name in [m for m in sys.modules if m.startswith("tunesmith_example")]:
-        del sys.modules[name]
 
 
 def test_installed_plugin_trains_evaluates_and_exports_the_tiny_model(
@@ -92,8 +55,12 @@ def test_plugins_command_names_the_package_serving_each_name(installed: Path) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     served = {(s["stage"], n["name"]): n["providers"] for s in data["stages"] for n in s["names"]}
-    assert served[("method", "last_layers")] == [{"plugin": "example", "package": DIST}]
-    assert served[("metric", "token_f1")] == [{"plugin": "example", "package": DIST}]
+    assert [(p["plugin"], p["package"]) for p in served[("method", "last_layers")]] == [
+        ("example", DIST)
+    ]
+    assert [(p["plugin"], p["package"]) for p in served[("metric", "token_f1")]] == [
+        ("example", DIST)
+    ]
     assert served[("method", "lora")] == [
         {"plugin": "plugins.methods.lora", "package": "tunesmith (in-tree)"}
     ]

@@ -22,7 +22,7 @@ Smoke mapping — what the test changes so that the whole guide runs in a few mi
   it is serving, and the guide's ``curl`` commands are sent to that port instead of 8000.
 * ``make <target>`` runs as ``make -n <target>`` in the checkout: it installs or runs the full
   demo, which takes minutes; the dry run checks that the target and its recipe exist.
-* Just before ``python -m framework.human_eval import``, the test plays the rater and fills
+* Just before ``python -m framework.evaluate.human_eval import``, the test plays the rater and fills
   the blinded sheet's ``preferred`` column.
 
 Commands in ```text blocks are not run; each must be listed in ``NOT_RUN`` with its reason.
@@ -336,11 +336,11 @@ CHECKS: list[tuple[str, Callable[[str], bool], Callable[[Workspace, str], None]]
     ),
     ("the server answers", lambda c: c.startswith("curl "), _check_curl),
     ("the merged folder", lambda c: c.startswith("ls ") and "export/merged" in c, _check_merged),
-    ("human evaluation", lambda c: "framework.human_eval import" in c, _check_human_eval),
+    ("human evaluation", lambda c: "framework.evaluate.human_eval import" in c, _check_human_eval),
 ]
 #: ``(name, applies to, action)``: done just before a command.
 BEFORE: list[tuple[str, Callable[[str], bool], Callable[[Workspace], None]]] = [
-    ("rate the sheet", lambda c: "framework.human_eval import" in c, _rate_sheet),
+    ("rate the sheet", lambda c: "framework.evaluate.human_eval import" in c, _rate_sheet),
 ]
 
 

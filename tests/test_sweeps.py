@@ -184,4 +184,4 @@ def test_sweep_experiments_are_multiruns_with_a_grid(name: str) -> None:
 
 def test_sweep_callback_is_registered_by_default() -> None:
     cfg = _hydra_cfg()
-    assert cfg.hydra.callbacks.sweep._target_ == "framework.sweep.SweepCallback"
+    assert cfg.hydra.callbacks.sweep._target_ == "framework.sweep.jobs.SweepCallback"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from framework import hookimpl
-from framework.export import copy_artifact
+from framework.export.stage import copy_artifact
 from framework.run import Run
 
 

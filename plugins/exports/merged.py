@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 
 from framework import hookimpl
-from framework.export import export_dtype, merged_model, save_hf_folder
+from framework.export.stage import export_dtype, merged_model, save_hf_folder
 from framework.pipeline import to_container
 from framework.run import Run
 

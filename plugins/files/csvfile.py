@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.readers import read_csv_records
+from plugins.files.readers import read_csv_records
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from framework import hookimpl
-from framework.readers import read_json_records, read_jsonl_records
+from plugins.files.readers import read_json_records, read_jsonl_records
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from framework import hookimpl
-from framework.readers import read_parquet_records
+from plugins.files.readers import read_parquet_records
 
 
 @hookimpl

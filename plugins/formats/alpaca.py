@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
+from framework.data.records import column, list_field, require_object, text_field
 from framework.errors import RecordError
-from framework.records import column, list_field, require_object, text_field
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 ``prompt`` is text or a list of turns ending with a user turn; ``chosen`` and ``rejected`` are
 text, or an assistant turn (``{"role": "assistant", "content": ...}``, alone or in a list).
 The example is the conversation ending with the chosen answer (so SFT learns the chosen
-answers) plus ``rejected``; ``framework.records.preference_of`` splits it again.
+answers) plus ``rejected``; ``framework.data.records.preference_of`` splits it again.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.errors import RecordError
-from framework.records import (
+from framework.data.records import (
     check_turn_order,
     column,
     parse_turns,
     require_object,
     text_field,
 )
+from framework.errors import RecordError
 
 
 @hookimpl

@@ -12,8 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.errors import RecordError
-from framework.records import (
+from framework.data.records import (
     check_turn_order,
     column,
     list_field,
@@ -21,6 +20,7 @@ from framework.records import (
     require_object,
     text_field,
 )
+from framework.errors import RecordError
 
 
 @hookimpl

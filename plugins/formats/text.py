@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.records import require_object, text_field
+from framework.data.records import require_object, text_field
 
 
 @hookimpl

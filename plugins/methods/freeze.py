@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.freezing import select_trainable
-from framework.models import load_pretrained, save_model
+from framework.model.loading import load_pretrained, save_model
+from plugins.methods.freezing import select_trainable
 
 NAME = "freeze"
 log = logging.getLogger(__name__)

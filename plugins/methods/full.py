@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.models import load_pretrained, save_model
+from framework.model.loading import load_pretrained, save_model
 
 NAME = "full"
 

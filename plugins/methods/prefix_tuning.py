@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.peft_methods import apply_peft, load_adapter, peft_config, save_adapter
+from plugins.methods.peft_common import apply_peft, load_adapter, peft_config, save_adapter
 
 NAME = "prefix_tuning"
 

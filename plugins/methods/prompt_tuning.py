@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.peft_methods import (
+from plugins.methods.peft_common import (
     apply_peft,
     fill_prompt_tuning_tokenizer,
     load_adapter,

@@ -15,14 +15,14 @@ from omegaconf import DictConfig
 
 from framework import hookimpl
 from framework.errors import ModelError
-from framework.peft_methods import (
+from plugins.methods.peft_common import (
     apply_peft,
     is_loaded_in_4bit,
     load_adapter,
     peft_config,
     save_adapter,
 )
-from framework.quantization import prepare_for_kbit_training, quantized_load_kwargs
+from plugins.methods.quantization import prepare_for_kbit_training, quantized_load_kwargs
 
 NAME = "qlora"
 
@@ -46,7 +46,7 @@ def tunesmith_apply_method(name: str, model: Any, cfg: DictConfig) -> Any:
             f"method=qlora needs a quantized base model, but model={cfg.model.name} was "
             "loaded in full precision.",
             where=f"model={cfg.model.name}",
-            hint="the model plugin must load through framework.models.load_pretrained (which "
+            hint="the model plugin must load through framework.model.loading.load_pretrained (which "
             "applies the method's load arguments); or use method=lora.",
         )
     config = peft_config("LoraConfig", cfg.method)

@@ -8,8 +8,8 @@ compared with the reference label, case, punctuation and width folded.
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
-from framework.scoring import answer_accuracy
+from framework.evaluate.context import EvalContext
+from plugins.metrics.scoring import answer_accuracy
 
 
 @hookimpl

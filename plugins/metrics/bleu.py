@@ -8,8 +8,8 @@ or any sacrebleu tokenizer (``13a``, ``zh``, ``intl``, ``char``, ``none``);
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
-from framework.scoring import bleu, bleu_tokenizer
+from framework.evaluate.context import EvalContext
+from plugins.metrics.scoring import bleu, bleu_tokenizer
 
 
 @hookimpl

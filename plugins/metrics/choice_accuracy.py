@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from framework import hookimpl
 from framework.errors import ConfigError
-from framework.evaluation import EvalContext
-from framework.scoring import normalize
+from framework.evaluate.context import EvalContext
+from plugins.metrics.scoring import normalize
 
 
 @hookimpl

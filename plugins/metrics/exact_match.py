@@ -8,8 +8,8 @@ Normalisation (``evaluator.exact_match.*``): Unicode NFKC and surrounding whites
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
-from framework.scoring import exact_match, normalize
+from framework.evaluate.context import EvalContext
+from plugins.metrics.scoring import exact_match, normalize
 
 __all__ = ["exact_match", "normalize"]
 

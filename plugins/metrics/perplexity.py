@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
+from framework.evaluate.context import EvalContext
 
 
 @hookimpl

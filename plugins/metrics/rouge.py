@@ -9,8 +9,8 @@ rouge-score's English tokenizer), ``default``, ``char`` or ``jieba`` (Chinese wo
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
-from framework.scoring import ROUGE_TYPES, rouge, rouge_tokenizer
+from framework.evaluate.context import EvalContext
+from plugins.metrics.scoring import ROUGE_TYPES, rouge, rouge_tokenizer
 
 
 @hookimpl

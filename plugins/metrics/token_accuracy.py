@@ -6,7 +6,7 @@ Teacher-forced like perplexity (no generation), over the assistant turns only.
 from __future__ import annotations
 
 from framework import hookimpl
-from framework.evaluation import EvalContext
+from framework.evaluate.context import EvalContext
 
 
 @hookimpl

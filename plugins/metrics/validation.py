@@ -15,7 +15,7 @@ def tunesmith_configure_callbacks(cfg: DictConfig) -> list[Any] | None:
     wanted = [str(m) for m in (cfg.evaluator.get("val_metrics") or [])]
     if not wanted:
         return None
-    from framework.val_metrics import VAL_METRICS, ValTokenMetrics
+    from plugins.metrics.val_token_metrics import VAL_METRICS, ValTokenMetrics
 
     unknown = [m for m in wanted if m not in VAL_METRICS]
     if unknown:

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from framework import hookimpl
 from framework.errors import ConfigError
-from framework.models import load_pretrained
+from framework.model.loading import load_pretrained
 
 
 @hookimpl

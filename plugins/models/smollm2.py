@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from framework import hookimpl
 from framework.errors import ModelError
-from framework.models import load_pretrained
+from framework.model.loading import load_pretrained
 from framework.run import atomic_path
 
 log = logging.getLogger(__name__)

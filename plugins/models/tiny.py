@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.chat import FALLBACK_CHAT_TEMPLATE
-from framework.models import load_pretrained
+from framework.data.chat import FALLBACK_CHAT_TEMPLATE
+from framework.model.loading import load_pretrained
 from framework.pipeline import to_container
 from framework.run import atomic_path
 

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework import hookimpl
-from framework.encoding import encode_text
+from framework.data.encoding import encode_text
 
 
 @hookimpl
@@ -29,6 +29,6 @@ def tunesmith_encode_example(
 def tunesmith_compute_loss(name: str, model: Any, batch: dict, cfg: DictConfig) -> Any:
     if name != "pretrain":
         return None
-    from framework.losses import causal_lm_loss  # torch: only when a loss is computed
+    from framework.train.losses import causal_lm_loss  # torch: only when a loss is computed
 
     return causal_lm_loss(model, batch)

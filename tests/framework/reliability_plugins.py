@@ -21,8 +21,8 @@ from typing import Any
 import lightning.pytorch as pl
 
 from framework import hookimpl
-from framework.chat import encode_chat
-from framework.losses import causal_lm_loss
+from framework.data.chat import encode_chat
+from framework.train.losses import causal_lm_loss
 
 
 class _Progress(pl.Callback):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from framework.chat import IGNORE_INDEX, encode_chat
+from framework.data.chat import IGNORE_INDEX, encode_chat
 from plugins.models.tiny import build_tokenizer
 
 

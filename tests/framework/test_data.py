@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.cleaning import example_key
-from framework.data import prepare
+from framework.data.cleaning import example_key
+from framework.data.prepare import prepare
 from framework.errors import ConfigError, DataError
 from framework.manager import build_plugin_manager
 from framework.run import Run, read_jsonl
@@ -408,12 +408,12 @@ def test_prepared_data_is_reused_by_a_later_run_and_redone_when_inputs_change(
     prepare(first)
     train = (first.data_dir / "train.jsonl").read_bytes()
 
-    import framework.data
+    import framework.data.prepare
 
     def no_tokenizer(run):  # a reused prepare loads no tokenizer and no model
         raise AssertionError("prepared again")
 
-    monkeypatch.setattr(framework.data, "prepare_tokenizer", no_tokenizer)
+    monkeypatch.setattr(framework.data.prepare, "prepare_tokenizer", no_tokenizer)
     second = make_run(tmp_path, f"data.path={path}", "data.batch_size=2", run_name="second")
     prepare(second)
     assert (second.data_dir / "train.jsonl").read_bytes() == train
@@ -430,7 +430,7 @@ def test_prepared_data_is_reused_by_a_later_run_and_redone_when_inputs_change(
 
 def test_docs_list_every_rejection_reason_and_cleaning_key() -> None:
     from framework.cli import CONFIG_DIR
-    from framework.records import REASONS
+    from framework.data.records import REASONS
 
     docs = (Path(CONFIG_DIR).parent / "docs" / "data.md").read_text("utf-8")
     for reason in REASONS:

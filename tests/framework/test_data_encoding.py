@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from framework.chat import IGNORE_INDEX
-from framework.encoding import encode_text, render_masked
+from framework.data.chat import IGNORE_INDEX
+from framework.data.encoding import encode_text, render_masked
 from framework.manager import build_plugin_manager
 from framework.pipeline import run_pipeline
 from plugins.models.tiny import build_tokenizer

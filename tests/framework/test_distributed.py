@@ -104,7 +104,7 @@ def test_fsdp_strategy_is_built_from_its_config(tmp_path: Path) -> None:
 def test_fsdp_on_a_machine_without_gpu_is_a_clear_config_error(tmp_path: Path) -> None:
     from framework.manager import build_plugin_manager
     from framework.run import Run
-    from framework.train import build_trainer
+    from framework.train.stage import build_trainer
 
     cfg = compose_config([*TINY, "trainer=fsdp"], run_dir=tmp_path / "run")
     run = Run(cfg=cfg, dir=tmp_path / "run", plugins=build_plugin_manager())
@@ -128,7 +128,7 @@ def test_consolidated_weights_rebuild_the_same_model(make_cfg, alpaca_file: Path
     """What rank 0 does after FSDP/DeepSpeed: gathered state dict -> fresh model -> same outputs."""
     import torch
 
-    from framework.train import rebuild_with_state
+    from framework.train.stage import rebuild_with_state
     from tests.helpers import batch_of, fit
 
     cfg = make_cfg(*TINY, "data=alpaca", f"data.path={alpaca_file}", "trainer.max_steps=2")

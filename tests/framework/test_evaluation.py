@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import framework.evaluation as evaluation
+import framework.evaluate.predictions as predictions
+import framework.evaluate.stats as stats_mod
+import framework.model.generation as generation
 from framework.pipeline import run_pipeline
 from framework.run import read_jsonl
 from tests.conftest import TINY, compose_config, write_sums
@@ -54,7 +56,7 @@ def test_base_and_tuned_are_scored_on_the_same_examples(trained, tmp_path: Path)
     test = read_jsonl(run_dir / "data/test.jsonl")
     rows = read_jsonl(run_dir / "predictions.jsonl")
     assert len(rows) == len(test)
-    assert {r["id"] for r in rows} == {evaluation.example_id(e) for e in test}
+    assert {r["id"] for r in rows} == {predictions.example_id(e) for e in test}
     assert all({"prompt", "reference", "messages", "base", "tuned"} <= set(r) for r in rows)
 
     report = (run_dir / "eval_report.md").read_text()
@@ -99,7 +101,7 @@ def test_disabled_adapter_base_equals_a_freshly_built_base(trained, tmp_path: Pa
 def test_perplexity_and_token_accuracy_match_the_model_itself(trained) -> None:
     import torch
 
-    from framework.chat import encode_chat
+    from framework.data.chat import encode_chat
     from framework.manager import build_plugin_manager
     from framework.run import Run
 
@@ -108,7 +110,7 @@ def test_perplexity_and_token_accuracy_match_the_model_itself(trained) -> None:
     run = Run(cfg=cfg, dir=run_dir, plugins=build_plugin_manager(entry_points=False))
     model, tok = run.build_base()
     examples = read_jsonl(run_dir / "data/test.jsonl")
-    stats = evaluation.token_stats(model, tok, examples, cfg)
+    stats = stats_mod.token_stats(model, tok, examples, cfg)
     nll = correct = count = 0.0
     with torch.no_grad():
         for ex in examples:  # one at a time, no padding: the library's own loss
@@ -126,7 +128,7 @@ def test_perplexity_and_token_accuracy_match_the_model_itself(trained) -> None:
 
     # the log-likelihood choice scorer agrees with the model's loss on each choice
     ex = examples[0]
-    scores = evaluation.choice_logliks(model, tok, [ex], [["7", "12"]], cfg)[0]
+    scores = stats_mod.choice_logliks(model, tok, [ex], [["7", "12"]], cfg)[0]
     for choice, (loglik, n) in zip(["7", "12"], scores, strict=True):
         messages = [*ex["messages"][:-1], {"role": "assistant", "content": choice}]
         enc = encode_chat(tok, messages, 256)
@@ -144,7 +146,7 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
     cfg = _cfg(run_dir, trained[1], "evaluator.batch_size=2", "evaluator.metrics=[exact_match]")
     n_test = len(read_jsonl(run_dir / "data/test.jsonl"))
     assert n_test >= 4
-    real = evaluation.generate_batch
+    real = generation.generate_batch
     calls: list[list[str]] = []
 
     def stop_after_first(model, tokenizer, prompts, kwargs):
@@ -153,7 +155,7 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
         calls.append(prompts)
         return real(model, tokenizer, prompts, kwargs)
 
-    monkeypatch.setattr(evaluation, "generate_batch", stop_after_first)
+    monkeypatch.setattr(generation, "generate_batch", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg)
     kept = read_jsonl(run_dir / "predictions.jsonl")
@@ -165,7 +167,7 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
         generated.extend(prompts)
         return real(model, tokenizer, prompts, kwargs)
 
-    monkeypatch.setattr(evaluation, "generate_batch", counting)
+    monkeypatch.setattr(generation, "generate_batch", counting)
     metrics = run_pipeline(cfg)
     assert set(metrics) >= {"base", "tuned"}
     # base: only the examples the stopped run had not done; tuned: all of them
@@ -268,8 +270,8 @@ def test_generation_stops_at_end_of_turn_and_at_stop_strings(trained) -> None:
 
     cfg = _cfg(trained[0], trained[1], "evaluator.stop=[END]")
     model, tok = Run(cfg=cfg, dir=trained[0], plugins=build_plugin_manager()).build_base()
-    eot = evaluation.end_of_turn_ids(model, tok)
+    eot = generation.end_of_turn_ids(model, tok)
     assert tok.convert_tokens_to_ids("<|im_end|>") in eot and tok.eos_token_id in eot
-    kwargs = evaluation.generation_kwargs(model, tok, cfg.evaluator)
+    kwargs = generation.generation_kwargs(model, tok, cfg.evaluator)
     assert kwargs["do_sample"] is False and kwargs["stop_strings"] == ["END"]
-    assert evaluation._cut_at_stop("42 END more", ["END"]) == "42 "
+    assert generation._cut_at_stop("42 END more", ["END"]) == "42 "

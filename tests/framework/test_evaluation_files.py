@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from framework.eval_report import change_text, write_report
-from framework.evaluation import PredictionStore
+from framework.evaluate.predictions import PredictionStore
+from framework.evaluate.report import change_text, write_report
 from framework.run import read_jsonl
 from tests.conftest import compose_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from framework.errors import DataError
-from framework.human_eval import KEY, SHEET, Side, export_sheet, import_dir, main
+from framework.evaluate.human_eval import KEY, SHEET, Side, export_sheet, import_dir, main
 from framework.pipeline import run_pipeline
 from framework.resolvers import ROOT_DIR
 from tests.conftest import compose_config
@@ -134,7 +134,13 @@ def test_module_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["import", str(tmp_path / "nowhere")]) == 2
     assert "no key" in capsys.readouterr().err
     proc = subprocess.run(
-        [sys.executable, "-m", "framework.human_eval", "import", str(tmp_path / "run/human_eval")],
+        [
+            sys.executable,
+            "-m",
+            "framework.evaluate.human_eval",
+            "import",
+            str(tmp_path / "run/human_eval"),
+        ],
         cwd=ROOT_DIR,
         capture_output=True,
         text=True,

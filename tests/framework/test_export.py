@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework.errors import ConfigError, ModelError
-from framework.export import export, full_precision_config, merged_model
+from framework.export.stage import export, full_precision_config, merged_model
 from tests.framework.tiny_run import finished_run, run_of
 
 PROMPTS = [

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.chat import IGNORE_INDEX
-from framework.datamodule import Collator, FineTuneDataModule
+from framework.data.chat import IGNORE_INDEX
+from framework.data.datamodule import Collator, FineTuneDataModule
+from framework.data.packing import LengthGroupedSampler, check_packing_isolation, pack_rows
 from framework.errors import ConfigError
-from framework.losses import causal_lm_loss
-from framework.packing import LengthGroupedSampler, check_packing_isolation, pack_rows
+from framework.train.losses import causal_lm_loss
 
 LENGTHS = [30, 120, 57, 12, 90, 45, 60, 7]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.checkpointing import AtomicCheckpointIO
+from framework.data.sampler import ResumableDataLoader
 from framework.errors import ConfigError, ModelError, TunesmithError
 from framework.manager import build_plugin_manager
 from framework.run import TMP_PREFIX, SaveError, atomic_path, remove_stale_temps, run_lock
-from framework.sampler import ResumableDataLoader
+from framework.train.checkpointing import AtomicCheckpointIO
 from tests.conftest import ROOT_DIR, compose_config
 
 # --------------------------------------------------------------------------- data order
@@ -207,13 +207,13 @@ def _tiny_dir(tmp_path: Path) -> Path:
 def test_a_model_too_large_for_memory_warns_with_the_numbers(
     tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    import framework.models as models
+    import framework.model.loading as models
 
     folder = _tiny_dir(tmp_path)
     cfg = compose_config(["model=hf", f"model.path={folder}", "method=full"])
     monkeypatch.setattr(models, "available_memory", lambda device: (10_000, "free RAM"))
     models._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="framework.models"):
+    with caplog.at_level(logging.WARNING, logger="framework.model.loading"):
         model, _ = models.load_pretrained(folder, cfg)
     assert model is not None  # a warning, not a refusal
     text = caplog.text
@@ -225,8 +225,8 @@ def test_a_model_too_large_for_memory_warns_with_the_numbers(
 def test_a_tokenizer_without_chat_template_falls_back_explicitly_or_stops(
     tmp_path: Path, caplog
 ) -> None:
-    from framework.chat import FALLBACK_CHAT_TEMPLATE
-    from framework.models import load_pretrained
+    from framework.data.chat import FALLBACK_CHAT_TEMPLATE
+    from framework.model.loading import load_pretrained
 
     folder = _tiny_dir(tmp_path)
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -235,7 +235,7 @@ def test_a_tokenizer_without_chat_template_falls_back_explicitly_or_stops(
     (folder / "chat_template.jinja").unlink(missing_ok=True)
 
     cfg = compose_config(["model=hf", f"model.path={folder}"])
-    with caplog.at_level(logging.WARNING, logger="framework.models"):
+    with caplog.at_level(logging.WARNING, logger="framework.model.loading"):
         _, tok = load_pretrained(folder, cfg)
     assert tok.chat_template == FALLBACK_CHAT_TEMPLATE
     assert "has no chat template: tunesmith uses its ChatML template" in caplog.text
@@ -283,7 +283,7 @@ def test_ctrl_c_outside_training_behaves_as_usual() -> None:
     import signal
     import time
 
-    from framework.resilience import SaveOnInterrupt
+    from framework.train.resilience import SaveOnInterrupt
 
     callback = SaveOnInterrupt()
     original = signal.getsignal(signal.SIGINT)

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from framework.inference import ChatEngine, GenerationParams
 from framework.manager import build_plugin_manager
 from framework.resolvers import ROOT_DIR
 from framework.run import Run
-from framework.serve import bind, build_server, create_app
+from framework.serve.engine import ChatEngine, GenerationParams
+from framework.serve.http import bind, build_server, create_app
 from tests.conftest import compose_config
 from tests.framework.tiny_run import finished_run
 

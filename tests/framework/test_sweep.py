@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from framework import sweep
-from framework.sweep import JobRecord, choose_metric, collect_jobs, name_for, read_job
-from framework.sweep_report import summarize
+from framework.sweep import jobs as sweep
+from framework.sweep.jobs import name_for
+from framework.sweep.records import JobRecord, choose_metric, collect_jobs, read_job
+from framework.sweep.report import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,7 +161,7 @@ def test_resummarise_command_and_exit_status(sweep_dir: Path, capsys, monkeypatc
     assert "ranked by tuned/perplexity (minimize)" in out and "best: job 1" in out
     assert sweep.main([str(sweep_dir.parent / "missing")]) == 2
 
-    from framework.sweep_report import summarize as _summarize
+    from framework.sweep.report import summarize as _summarize
 
     monkeypatch.setattr(
         sweep,

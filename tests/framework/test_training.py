@@ -222,7 +222,7 @@ def test_callback_and_logger_presets_combine(tmp_path: Path) -> None:
 
 def test_a_logger_that_cannot_be_built_is_a_config_error(make_cfg) -> None:
     from framework.errors import ConfigError
-    from framework.train import build_trainer
+    from framework.train.stage import build_trainer
     from tests.helpers import new_run
 
     cfg = make_cfg(*TINY, "+logger.broken._target_=no_such_package.Logger")
@@ -232,7 +232,7 @@ def test_a_logger_that_cannot_be_built_is_a_config_error(make_cfg) -> None:
 
 
 def test_a_busy_cpu_is_named_with_what_to_do() -> None:
-    from framework.train import cpu_busy_message
+    from framework.train.stage import cpu_busy_message
 
     # two cores, another busy process beside this one, torch on both cores: warned
     message = cpu_busy_message(load=2.6, cores=2, threads=2)

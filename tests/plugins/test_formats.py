@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from framework.data.records import check_text, preference_of
 from framework.errors import RecordError
 from framework.manager import build_plugin_manager
-from framework.records import check_text, preference_of
 
 
 @pytest.fixture(scope="module")

@@ -71,8 +71,8 @@ def test_method_trains_lowers_the_loss_and_reloads_to_the_same_outputs(
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
     # the evaluate stage scores the tuned model too (virtual tokens are not scored)
-    from framework.data import load_splits
-    from framework.evaluation import answer_loss
+    from framework.data.prepare import load_splits
+    from framework.evaluate.stats import answer_loss
 
     total, count = answer_loss(reloaded, run.tokenizer, load_splits(run)["val"], cfg)
     assert count > 0 and math.isfinite(total)
@@ -105,7 +105,7 @@ def test_lora_options_from_the_command_line_reach_peft(make_cfg, alpaca_file: Pa
 
 
 def test_misspelled_peft_option_names_the_key_and_the_closest_option(make_cfg) -> None:
-    from framework.peft_methods import peft_config
+    from plugins.methods.peft_common import peft_config
 
     cfg = make_cfg("method=lora", "+method.lora_alpah=8")
     with pytest.raises(ConfigError) as err:
@@ -139,9 +139,9 @@ def test_freeze_leaves_frozen_weights_unchanged(make_cfg, alpaca_file: Path) -> 
 
 
 def test_freeze_rejects_a_choice_that_trains_nothing_or_does_not_exist(make_cfg) -> None:
-    from framework.freezing import select_trainable
     from framework.manager import build_plugin_manager
     from framework.run import Run
+    from plugins.methods.freezing import select_trainable
 
     cfg = make_cfg(*TINY, "method=freeze")
     model, _ = Run(
@@ -182,7 +182,7 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
             from safetensors.torch import load_file, save_file
 
             from framework import hookimpl
-            from framework.chat import encode_chat
+            from framework.data.chat import encode_chat
 
 
             @hookimpl
@@ -229,7 +229,7 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
             def tunesmith_compute_loss(name, model, batch, cfg):
                 if name != "sft_smooth":
                     return None
-                from framework.losses import model_inputs  # padded or packed batches
+                from framework.train.losses import model_inputs  # padded or packed batches
 
                 logits = model(**model_inputs(batch)).logits[:, :-1]
                 return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(),
@@ -284,7 +284,7 @@ def test_qlora_on_smollm2_peaks_below_lora(tmp_path: Path) -> None:
 
 def test_qlora_config_mistakes_are_named(make_cfg) -> None:
     from framework.errors import ModelError
-    from framework.quantization import bnb_config
+    from plugins.methods.quantization import bnb_config
     from tests.helpers import new_run
 
     with pytest.raises(ConfigError, match="Did you mean 'bnb_4bit_quant_type'"):

@@ -8,21 +8,23 @@ from pathlib import Path
 import pytest
 
 from framework.errors import ConfigError
-from framework.evaluation import EvalContext, TokenStats, score, stats_from_logits
+from framework.evaluate.context import EvalContext
+from framework.evaluate.stage import score
+from framework.evaluate.stats import TokenStats, stats_from_logits
+from framework.evaluate.text import detect_language
 from framework.manager import build_plugin_manager
 from framework.run import Run
-from framework.scoring import (
+from plugins.metrics.choice_accuracy import pick
+from plugins.metrics.scoring import (
     MixedTokenizer,
     answer_accuracy,
     bleu,
     bleu_tokenizer,
-    detect_language,
     exact_match,
     extract_answer,
     rouge,
     rouge_tokenizer,
 )
-from plugins.metrics.choice_accuracy import pick
 from tests.conftest import compose_config
 
 # --------------------------------------------------------------------------- exact match
@@ -216,7 +218,7 @@ def test_single_rouge_variant_and_accuracy_with_choices(tmp_path: Path) -> None:
 
 
 def test_unknown_metric_is_rejected_with_the_served_names(tmp_path: Path) -> None:
-    from framework.evaluation import check_metrics
+    from framework.evaluate.stage import check_metrics
 
     run, _ = _ctx(tmp_path, ["a"], ["a"], "evaluator.metrics=[bleu,rogue]")
     with pytest.raises(ConfigError) as err:

@@ -34,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from framework.cleaning import (
+from framework.data.cleaning import (
     exact_dedup,
     example_key,
     length_filter,
@@ -42,7 +42,7 @@ from framework.cleaning import (
     normalize,
 )
 from framework.errors import ConfigError, DataError, RecordError, did_you_mean
-from framework.records import check_text
+from framework.data.records import check_text
 from framework.run import Run, atomic_path, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -282,11 +282,11 @@ def _code_digest(run: Run) -> str:
         sys.modules[name]
         for name in (
             __name__,
-            "framework.cleaning",
-            "framework.records",
-            "framework.readers",
-            "framework.encoding",
-            "framework.chat",
+            "framework.data.cleaning",
+            "framework.data.records",
+            "plugins.files.readers",
+            "framework.data.encoding",
+            "framework.data.chat",
         )
         if name in sys.modules
     ]
@@ -487,7 +487,7 @@ def prepare_tokenizer(run: Run) -> Any:
     ):
         from transformers import AutoTokenizer
 
-        from framework.chat import ensure_chat_template
+        from framework.data.chat import ensure_chat_template
 
         tokenizer = AutoTokenizer.from_pretrained(
             Path(str(folder)).expanduser(),
@@ -544,7 +544,7 @@ class Encoder:
 
 def _reuse(run: Run, fp: str, cache_dir: Path | None) -> dict[str, list[dict]] | None:
     """Splits from an earlier prepare with the same fingerprint (this run dir, or the cache)."""
-    from framework.data_report import print_report
+    from framework.data.report import print_report
 
     own = run.data_dir / "report.json"
     complete = own.exists() and all((run.data_dir / f"{s}.jsonl").exists() for s in SPLITS)
@@ -702,7 +702,7 @@ def prepare(run: Run) -> dict[str, list[dict]]:
             ``on_error=raise``...).
         ConfigError: a bad ``data.*`` setting.
     """
-    from framework.data_report import build_report, print_report, write_report_files
+    from framework.data.report import build_report, print_report, write_report_files
 
     data_cfg = run.cfg.data
     seed = int(run.cfg.seed)

@@ -25,9 +25,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.errors import ConfigError, ModelError
-from framework.inference import EXPORT_CONFIG, end_of_turn_ids, is_quantized
-from framework.models import DTYPES
+from framework.model.loading import DTYPES
 from framework.run import Run, atomic_path
+from framework.serve.engine import EXPORT_CONFIG, end_of_turn_ids, is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _training_tokenizer(run: Run) -> Any | None:
         return run.tokenizer
     from transformers import AutoTokenizer
 
-    from framework.chat import ensure_chat_template
+    from framework.data.chat import ensure_chat_template
 
     return ensure_chat_template(AutoTokenizer.from_pretrained(run.artifact_dir))
 

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from framework.data import load_splits
+from framework.data.prepare import load_splits
 from framework.distributed import is_global_zero
 from framework.errors import ConfigError
 from framework.run import Run, atomic_path, write_json
@@ -185,8 +185,8 @@ def train(run: Run) -> None:
     """
     import time
 
-    from framework.datamodule import FineTuneDataModule
-    from framework.module import FineTuneModule, peak_rss_mb
+    from framework.data.datamodule import FineTuneDataModule
+    from framework.train.module import FineTuneModule, peak_rss_mb
 
     cfg = run.cfg
     started = time.perf_counter()
@@ -279,7 +279,7 @@ def consolidated_model(run: Run, trainer: Any, model: Any) -> Any:
 
 def rebuild_with_state(run: Run, state: dict[str, Any], prefix: str = "model.") -> Any:
     """A fresh base model with the run's method applied, loaded with ``state`` (keys under
-    ``prefix``, as in :class:`framework.module.FineTuneModule`'s state dict)."""
+    ``prefix``, as in :class:`framework.train.module.FineTuneModule`'s state dict)."""
     method = str(run.cfg.method.name)
     base, _ = run.build_base()
     fresh = run.hook.tunesmith_apply_method(name=method, model=base, cfg=run.cfg)

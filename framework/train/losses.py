@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from framework.chat import IGNORE_INDEX
+from framework.data.chat import IGNORE_INDEX
 
 
 def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
@@ -78,7 +78,7 @@ def ensure_packing_supported(model: Any) -> None:
     """Check once per model that packed examples stay apart (see ``check_packing_isolation``)."""
     if getattr(model, "_tunesmith_packing_checked", False):
         return
-    from framework.packing import check_packing_isolation
+    from framework.data.packing import check_packing_isolation
 
     check_packing_isolation(model)
     object.__setattr__(model, "_tunesmith_packing_checked", True)

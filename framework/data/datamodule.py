@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from framework import token_cache
-from framework.chat import IGNORE_INDEX
+from framework.data import token_cache
+from framework.data.chat import IGNORE_INDEX
 from framework.errors import ConfigError, DataError
 from framework.manager import TunesmithPluginManager
-from framework.packing import LengthGroupedSampler, pack_rows
+from framework.data.packing import LengthGroupedSampler, pack_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class FineTuneDataModule(pl.LightningDataModule):
         Token ids and labels are kept as int32 arrays: a quarter of the memory of Python
         lists, and batches are built from them by a copy, not element by element. With
         ``data.cache`` on, a split tokenised before under the same settings is read back
-        from ``data.cache_dir/encoded`` (see :mod:`framework.token_cache`).
+        from ``data.cache_dir/encoded`` (see :mod:`framework.data.token_cache`).
         """
         if split not in self.encoded:
             assert self.plugins is not None, "call connect() first"
@@ -188,7 +188,7 @@ class FineTuneDataModule(pl.LightningDataModule):
             return False
         if model is None:
             return value is True
-        from framework.losses import packing_supported
+        from framework.train.losses import packing_supported
 
         ok, why = packing_supported(model)
         if ok:
@@ -245,8 +245,8 @@ class FineTuneDataModule(pl.LightningDataModule):
         if bool(self.cfg.data.get("group_by_length", False)):
             # Length-grouped order; an interrupted run resumes it at the epoch boundary.
             return self._loader("train", shuffle=True)
-        # Resumable mid-epoch with the same data order (see framework/sampler.py).
-        from framework.sampler import ResumableDataLoader
+        # Resumable mid-epoch with the same data order (see framework/data/sampler.py).
+        from framework.data.sampler import ResumableDataLoader
 
         return ResumableDataLoader(
             self.encoded["train"],

@@ -1,7 +1,7 @@
 """Chat with a tuned model in the terminal: streamed answers, multi-turn, /reset and /exit.
 
 The conversation is rendered with the tokenizer's chat template, the same one training used
-(:func:`framework.chat.render`), and answers are streamed token by token through
+(:func:`framework.data.chat.render`), and answers are streamed token by token through
 ``transformers.TextIteratorStreamer``. Start it with
 ``python run.py stages=[chat] hydra.run.dir=<finished run>`` (or ``serve.model=<folder>``).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from framework.inference import ChatEngine, GenerationParams, PromptTooLongError, serve_config
 from framework.run import Run
+from framework.serve.engine import ChatEngine, GenerationParams, PromptTooLongError, serve_config
 
 HELP = "commands: /reset starts a new conversation, /exit quits (or Ctrl-D)"
 

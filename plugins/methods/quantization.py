@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework.errors import ConfigError
-from framework.models import torch_dtype
+from framework.model.loading import torch_dtype
 from framework.pipeline import to_container
 
 #: ``BitsAndBytesConfig`` options that name a torch dtype.

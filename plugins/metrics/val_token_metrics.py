@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from framework.evaluation import TokenStats, batch_token_stats
+from framework.evaluate.stats import TokenStats, batch_token_stats
 
 VAL_METRICS = ("perplexity", "token_accuracy")
 

@@ -8,9 +8,9 @@ scored items it won, tied and lost.
 
 From the command line (outside a run)::
 
-    python -m framework.human_eval export outputs/runs/<run>            # base vs tuned
-    python -m framework.human_eval export runA --vs runB --side tuned   # two runs
-    python -m framework.human_eval import outputs/runs/<run>/human_eval
+    python -m framework.evaluate.human_eval export outputs/runs/<run>            # base vs tuned
+    python -m framework.evaluate.human_eval export runA --vs runB --side tuned   # two runs
+    python -m framework.evaluate.human_eval import outputs/runs/<run>/human_eval
 
 or as stages of a run: ``stages=[human_eval_export]`` / ``stages=[human_eval_import]``.
 """
@@ -320,7 +320,7 @@ def export_stage(run: Any) -> tuple[Path, Path]:
     Keys (``evaluator.human_eval.*``): ``vs`` (another run: compare this run's ``side``
     answers with its own), ``side``, ``labels``, ``seed``, ``max_items``, ``with_reference``.
     """
-    from framework.data import original_cwd
+    from framework.data.prepare import original_cwd
 
     h = _stage_cfg(run)
     vs = h.get("vs")
@@ -344,7 +344,7 @@ def export_stage(run: Any) -> tuple[Path, Path]:
 def import_stage(run: Any) -> dict[str, Any]:
     """The ``human_eval_import`` stage: read the filled sheet (``evaluator.human_eval.sheet``,
     default ``human_eval/sheet.csv``) and store the rates under ``run.metrics["human_eval"]``."""
-    from framework.data import original_cwd
+    from framework.data.prepare import original_cwd
 
     sheet = _stage_cfg(run).get("sheet")
     if sheet:
@@ -372,9 +372,9 @@ def _sides(run: Path, vs: Path | None, side: str, labels: list[str] | None) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m framework.human_eval export|import ...``."""
+    """``python -m framework.evaluate.human_eval export|import ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m framework.human_eval",
+        prog="python -m framework.evaluate.human_eval",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -66,7 +66,7 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
 
 def example_scores(rows: list[dict]) -> list[dict]:
     """Rows with both sides, each with its per-example chrF and the change (tuned - base)."""
-    from framework.scoring import chrf
+    from framework.evaluate.text import chrf
 
     out = []
     for row in rows:

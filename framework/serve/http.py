@@ -9,7 +9,7 @@ Endpoints (FastAPI, served by uvicorn on ``serve.host:serve.port``, 127.0.0.1 by
 
 Bad requests get a 400 with an OpenAI-style body ``{"error": {"message", "type", "param",
 "code"}}``. Generation runs in a worker thread behind one lock (see
-:class:`framework.inference.ChatEngine`), so the event loop keeps answering while a long
+:class:`framework.serve.engine.ChatEngine`), so the event loop keeps answering while a long
 answer is generated, and a request that comes in meanwhile waits its turn.
 
 Start it with ``python run.py stages=[serve] hydra.run.dir=<finished run>`` (or
@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from framework.errors import ConfigError
-from framework.inference import ChatEngine, PromptTooLongError, serve_config
 from framework.run import Run
+from framework.serve.engine import ChatEngine, PromptTooLongError, serve_config
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Three pieces work together:
   sweep command finds (and continues) the same directory, and every job of a sweep -- whatever
   model, method or data it picks -- lands in it.
 
-``python -m framework.sweep <multirun dir>`` rebuilds the summary of a sweep afterwards
+``python -m framework.sweep.jobs <multirun dir>`` rebuilds the summary of a sweep afterwards
 (e.g. after a SLURM sweep whose submitting shell was closed).
 """
 
@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import TunesmithError
+from framework.sweep.records import JOB_FILE, JobRecord, choose_metric, collect_jobs, snapshot
 
 log = logging.getLogger(__name__)
-
-#: Each job's record, in the job's directory.
-JOB_FILE = "job.json"
 
 #: A sweep directory name longer than this is shortened and given a hash of the whole.
 MAX_NAME = 80
@@ -122,107 +120,6 @@ def sweep_name() -> str:
     return _sweep_name
 
 
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class JobRecord:
-    """What ``job.json`` holds about one job of a sweep."""
-
-    num: int
-    dir: str
-    overrides: list[str]
-    status: str  # finished | failed | incomplete
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    error_type: str | None = None
-    traceback: str | None = None
-    started_at: str | None = None
-    duration_s: float | None = None
-
-    def params(self) -> dict[str, str]:
-        """The job's overrides as ``{key: value}`` (``+key``/``++key`` shown as ``key``)."""
-        out: dict[str, str] = {}
-        for item in self.overrides:
-            key, sep, value = item.partition("=")
-            if sep:
-                out[key.lstrip("+")] = value
-            else:  # ~key: a deletion
-                out[item] = ""
-        return out
-
-
-def _job_num(job_dir: Path) -> int:
-    match = re.match(r"(\d+)", job_dir.name)
-    return int(match.group(1)) if match else -1
-
-
-def read_job(job_dir: Path) -> JobRecord | None:
-    """The record of the job in ``job_dir``; ``None`` if it is not a job directory.
-
-    A job without ``job.json`` (killed, still running, or run without the callback) is
-    described from what it left: ``run_state.json`` and ``metrics.json``.
-    """
-    path = job_dir / JOB_FILE
-    if path.exists():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        known = {f for f in JobRecord.__dataclass_fields__}
-        return JobRecord(**{k: v for k, v in data.items() if k in known})
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.exists():
-        return None
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)]
-    state_file = job_dir / "run_state.json"
-    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
-    metrics_file = job_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
-    status = "finished" if state.get("status") == "finished" else "incomplete"
-    return JobRecord(
-        num=_job_num(job_dir),
-        dir=str(job_dir),
-        overrides=overrides,
-        status=status,
-        metrics=metrics,
-        error=None if status == "finished" else "no job.json: the job was killed or is running",
-    )
-
-
-def _marker(job_dir: Path) -> Path:
-    """The file Hydra writes when a job starts (so its mtime tells when the job last ran)."""
-    return job_dir / ".hydra" / "overrides.yaml"
-
-
-def snapshot(sweep_dir: Path) -> dict[str, int]:
-    """``{job dir name: start mark}`` of the jobs already in ``sweep_dir`` (before a sweep)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        return {}
-    return {
-        p.name: _marker(p).stat().st_mtime_ns for p in sweep_dir.iterdir() if _marker(p).exists()
-    }
-
-
-def collect_jobs(sweep_dir: Path, before: dict[str, int] | None = None) -> list[JobRecord]:
-    """Every job under ``sweep_dir``, by job number.
-
-    Args:
-        sweep_dir: the multirun directory.
-        before: a :func:`snapshot` taken when the sweep started: jobs it lists that did not
-            run again since (an earlier sweep into the same directory) are left out. Only
-            file times are compared, so a cluster node's clock does not matter.
-    """
-    jobs = []
-    for job_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
-        marker = _marker(job_dir)
-        ran_before = before and job_dir.name in before and marker.exists()
-        if ran_before and marker.stat().st_mtime_ns == before[job_dir.name]:
-            continue
-        record = read_job(job_dir)
-        if record is not None:
-            jobs.append(record)
-    return sorted(jobs, key=lambda j: (j.num, j.dir))
-
-
 # --------------------------------------------------------------------------- the callback
 
 
@@ -265,7 +162,7 @@ class SweepCallback(Callback):
         self._before = snapshot(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from framework.sweep_report import print_summary, summarize
+        from framework.sweep.report import print_summary, summarize
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
@@ -349,61 +246,6 @@ def _plain(obj: Any) -> Any:
         return str(obj)
 
 
-# --------------------------------------------------------------------------- metric choice
-
-#: Words in a metric name that mean lower is better.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer", "time", "latency")
-
-
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"tuned": {"perplexity": 3.1}}`` -> ``{"tuned/perplexity": 3.1}`` (numbers only)."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, prefix=f"{path}/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[path] = float(value)
-    return out
-
-
-def infer_direction(metric: str) -> str:
-    """``minimize`` for losses, perplexity and error rates; ``maximize`` otherwise."""
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return "minimize" if any(word in leaf for word in LOWER_IS_BETTER) else "maximize"
-
-
-def choose_metric(
-    config: DictConfig | None,
-    jobs: list[JobRecord],
-    metric: str | None = None,
-    direction: str = "auto",
-) -> tuple[str | None, str]:
-    """The metric to rank a sweep by, and its direction (see :class:`SweepCallback`)."""
-    optimized = OmegaConf.select(config, "optimized_metric", default=None) if config else None
-    chosen = metric or optimized
-    if not chosen:
-        reported: list[str] = []
-        for job in jobs:
-            reported += [k for k in flatten(job.metrics) if k not in reported]
-        names = OmegaConf.select(config, "evaluator.metrics", default=None) if config else None
-        preferred = [f"tuned/{m}" for m in (names or [])]
-        chosen = next((m for m in preferred if m in reported), None)
-        if chosen is None:
-            chosen = next((m for m in reported if m.startswith("tuned/")), None)
-        if chosen is None and reported:
-            chosen = reported[0]
-    if direction in ("minimize", "maximize"):
-        return chosen, direction
-    if chosen and chosen == optimized and config is not None:
-        sweeper_direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
-        if isinstance(sweeper_direction, Sequence) and not isinstance(sweeper_direction, str):
-            sweeper_direction = sweeper_direction[0] if sweeper_direction else None
-        if sweeper_direction:
-            return chosen, str(sweeper_direction).lower().removeprefix("studydirection.")
-    return chosen, infer_direction(chosen) if chosen else "minimize"
-
-
 def exit_status() -> int:
     """``1`` when the sweep this process just ran had a job that did not finish, else ``0``.
 
@@ -429,9 +271,9 @@ def exit_status() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m framework.sweep DIR``: (re)write and print the summary of a sweep."""
+    """``python -m framework.sweep.jobs DIR``: (re)write and print the summary of a sweep."""
     parser = argparse.ArgumentParser(
-        prog="python -m framework.sweep",
+        prog="python -m framework.sweep.jobs",
         description="Summarise a multirun directory: a table of its jobs (CSV, Markdown), "
         "sorted by a metric, and a plot of the metric against each swept value.",
     )
@@ -440,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--direction", choices=["auto", "minimize", "maximize"], default="auto")
     parser.add_argument("--no-plot", action="store_true", help="skip sweep_summary.png")
     args = parser.parse_args(argv)
-    from framework.sweep_report import print_summary, summarize
+    from framework.sweep.report import print_summary, summarize
 
     if not args.sweep_dir.is_dir():
         print(f"error: no directory {args.sweep_dir}", file=sys.stderr)

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework.chat import FALLBACK_CHAT_TEMPLATE, ensure_chat_template
+from framework.data.chat import FALLBACK_CHAT_TEMPLATE, ensure_chat_template
 from framework.errors import ModelError
 
 log = logging.getLogger(__name__)

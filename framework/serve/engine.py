@@ -1,7 +1,7 @@
 """Load a tuned model for inference and generate chat answers, streamed or whole.
 
-Shared by the terminal chat (:mod:`framework.chat_cli`) and the HTTP server
-(:mod:`framework.serve`). What to load is ``serve.model``:
+Shared by the terminal chat (:mod:`framework.serve.chat_cli`) and the HTTP server
+(:mod:`framework.serve.http`). What to load is ``serve.model``:
 
 * ``null``: the run in the current run directory (``hydra.run.dir=<finished run>``), or the
   model a previous stage of this same command trained;
@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.chat import ensure_chat_template, render
+from framework.data.chat import ensure_chat_template, render
 from framework.errors import ConfigError, ModelError, TunesmithError
 from framework.run import Run
 
@@ -172,7 +172,7 @@ def resolve_source(run: Run) -> Path | None:
     spec = serve_config(run).get("model")
     if spec in (None, "", "???"):
         return None
-    from framework.data import original_cwd
+    from framework.data.prepare import original_cwd
 
     path = Path(str(spec)).expanduser()
     return path if path.is_absolute() else original_cwd() / path
@@ -242,7 +242,7 @@ def load_chat_model(run: Run) -> tuple[Any, Any, str]:
 def _serve_dtype(name: Any) -> Any:
     if name in (None, "", "auto"):
         return "auto"
-    from framework.models import DTYPES, torch_dtype
+    from framework.model.loading import DTYPES, torch_dtype
 
     if str(name).lower() not in DTYPES:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Tokenising plain text for continued pre-training, and showing what a model learns from.
 
-Chat examples are encoded by :func:`framework.chat.encode_chat`; this module adds the
+Chat examples are encoded by :func:`framework.data.chat.encode_chat`; this module adds the
 plain-text counterpart and :func:`render_masked`, which turns an encoded example back into
 text with the tokens that carry no loss marked, for the spot-check file.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from framework.chat import IGNORE_INDEX
+from framework.data.chat import IGNORE_INDEX
 
 #: Brackets around the text that carries no loss in ``data/spot_check.md``.
 MASK_OPEN, MASK_CLOSE = "⟦", "⟧"

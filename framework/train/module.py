@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
-from framework.chat import IGNORE_INDEX
+from framework.data.chat import IGNORE_INDEX
 from framework.manager import TunesmithPluginManager
 
 

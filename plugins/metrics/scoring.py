@@ -1,4 +1,4 @@
-"""Text scoring shared by the metric plugins: normalisation, language, BLEU, ROUGE, answers.
+"""Text scoring shared by the in-tree metric plugins: normalisation, language, BLEU, ROUGE, answers.
 
 Pure functions over strings (no torch), so each can be checked against hand-computed values.
 Chinese is scored correctly: BLEU uses sacrebleu's ``zh`` tokenizer and ROUGE counts
@@ -15,29 +15,18 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from framework.errors import ConfigError
+from framework.evaluate.text import CJK_RANGES as _CJK_RANGES
+from framework.evaluate.text import has_cjk
+from framework.evaluate.text import one_of as _one_of
 
 log = logging.getLogger(__name__)
 
 #: CJK ideographs (unified, extension A, compatibility) -- what makes a text "Chinese" here.
-_CJK_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK = re.compile(f"[{_CJK_RANGES}]")
 #: One CJK ideograph, or a run of other letters / digits, for the mixed tokenizer.
 _MIXED_TOKEN = re.compile(rf"[{_CJK_RANGES}]|[^\W_{_CJK_RANGES}]+")
 
-LANGUAGES = ("auto", "en", "zh")
 BLEU_TOKENIZERS = ("auto", "13a", "zh", "intl", "char", "none")
 ROUGE_TOKENIZERS = ("auto", "default", "char", "jieba")
-
-
-def _one_of(setting: Any, choices: Sequence[str], what: str, where: str, note: str = "") -> str:
-    """``setting`` as a string (``None``/empty: ``auto``) if it is one of ``choices``."""
-    setting = str(setting or "auto")
-    if setting not in choices:
-        raise ConfigError(
-            f"Unknown {what} '{setting}'.", where=where, hint=f"one of {', '.join(choices)}{note}"
-        )
-    return setting
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -88,24 +77,6 @@ def exact_match(predictions: Sequence[str], references: Sequence[str], **options
 # --------------------------------------------------------------------------- language
 
 
-def has_cjk(text: str) -> bool:
-    """Whether ``text`` contains a Chinese (CJK) character."""
-    return _CJK.search(text) is not None
-
-
-def detect_language(texts: Sequence[str], setting: str = "auto") -> str:
-    """``"zh"`` or ``"en"``: the setting when it is not ``auto``, else ``zh`` if any text is Chinese.
-
-    One Chinese reference is enough: the ``zh`` tokenizers treat Latin text exactly like the
-    English ones (sacrebleu's ``zh`` falls back to ``13a`` outside CJK), so mixed data loses
-    nothing.
-    """
-    setting = _one_of(setting, LANGUAGES, "evaluation language", "evaluator.language")
-    if setting != "auto":
-        return setting
-    return "zh" if any(has_cjk(t) for t in texts) else "en"
-
-
 # --------------------------------------------------------------------------- BLEU
 
 
@@ -140,18 +111,6 @@ def bleu(
         return float("nan")
     metric = BLEU(tokenize=tokenize, **kwargs)
     return float(metric.corpus_score(list(predictions), [list(references)]).score)
-
-
-def chrf(prediction: str, reference: str) -> float:
-    """Sentence chrF (0-100): character n-gram F-score, language-agnostic (per-example scores)."""
-    from sacrebleu.metrics import CHRF
-
-    return float(_chrf_metric(CHRF).sentence_score(prediction, [reference]).score)
-
-
-@lru_cache(maxsize=1)
-def _chrf_metric(cls: Any) -> Any:
-    return cls()
 
 
 # --------------------------------------------------------------------------- ROUGE

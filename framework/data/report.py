@@ -8,13 +8,13 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from framework.cleaning import content_hash, example_key
-from framework.encoding import MASK_CLOSE, MASK_OPEN, render_masked
-from framework.records import REASONS
+from framework.data.cleaning import content_hash, example_key
+from framework.data.encoding import MASK_CLOSE, MASK_OPEN, render_masked
+from framework.data.records import REASONS
 from framework.run import Run, atomic_path, write_json
 
 if TYPE_CHECKING:
-    from framework.data import Encoder, Source
+    from framework.data.prepare import Encoder, Source
 
 SPLITS = ("train", "val", "test")
 

@@ -4,7 +4,7 @@ The key is a hash of everything that decides the tokens: the examples (all their
 order), the objective, the ``data`` and ``model`` config (batching keys aside), the
 tokenizer (its vocabulary, merges, special tokens and chat template) and the source of the
 code that encodes (the modules implementing ``tunesmith_encode_example``, and
-``framework.chat`` / ``framework.encoding``). Entries live under ``data.cache_dir/encoded``
+``framework.data.chat`` / ``framework.data.encoding``). Entries live under ``data.cache_dir/encoded``
 and are used when ``data.cache`` is true, like the prepared-data cache.
 
 Only rows made of ``input_ids`` and ``labels`` are cached; an objective that returns other
@@ -52,7 +52,7 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 
 
 def _code_digest(plugins: Any) -> str:
-    modules = [sys.modules[m] for m in ("framework.chat", "framework.encoding") if m in sys.modules]
+    modules = [sys.modules[m] for m in ("framework.data.chat", "framework.data.encoding") if m in sys.modules]
     modules += [impl.plugin for impl in plugins.pm.hook.tunesmith_encode_example.get_hookimpls()]
     h = hashlib.sha256()
     for module in sorted(modules, key=lambda m: getattr(m, "__name__", repr(m))):

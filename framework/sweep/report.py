@@ -1,7 +1,7 @@
 """The sweep summary: a table of a multirun's jobs (CSV, Markdown, JSON), ranked, and a plot.
 
-Written into the multirun directory by :class:`framework.sweep.SweepCallback` when a sweep
-ends (and by ``python -m framework.sweep DIR``):
+Written into the multirun directory by :class:`framework.sweep.jobs.SweepCallback` when a sweep
+ends (and by ``python -m framework.sweep.jobs DIR``):
 
 * ``sweep_summary.csv`` / ``sweep_summary.md`` / ``sweep_summary.json``: one row per job --
   its rank, whether it is the best, its status, the value of each swept override, every
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.run import atomic_path, write_json
-from framework.sweep import JobRecord, flatten
+from framework.sweep.records import JobRecord, flatten
 
 STEM = "sweep_summary"
 BEST_MARK = "★"
