@@ -7,8 +7,10 @@ Two kinds of hook:
   the first non-``None`` result wins and the rest are not called.
 * **fan-out** hooks collect the result of every registered plugin (a list, ``None`` dropped).
 
-A plugin announces the names it serves with :func:`tunesmith_provides`; that is how
-tunesmith lists the choices for each stage and rejects a misspelled name before any work.
+A plugin announces what it serves with :func:`tunesmith_provides` (descriptors from
+:mod:`framework.descriptors`); that is how tunesmith lists the choices for each stage, reads
+what it needs to know about each (never guessing from a name), and rejects a misspelled name
+before any work.
 Every hook here is documented in ``docs/plugins.md`` (a test checks this).
 
 Plugins import only the marker: ``from framework import hookimpl``; an implementation may
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     from lightning.pytorch import Callback
     from omegaconf import DictConfig
 
+    from framework.descriptors import Provided
     from framework.evaluate.context import EvalContext
     from framework.run import Run
 
@@ -35,18 +38,18 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
 
 
 @hookspec
-def tunesmith_provides() -> Mapping[str, Iterable[str]]:
-    """Declare the names this plugin serves, per stage.
+def tunesmith_provides() -> list[Provided] | Mapping[str, Iterable[str]]:
+    """Declare what this plugin serves: one descriptor per name.
 
     Called once when the plugin manager is built, and by ``python run.py plugins``.
 
     Returns:
-        A mapping from a stage key to the names served for it, e.g.
-        ``{"method": ["lora"], "metric": ["exact_match"]}``. Stage keys in use:
-        ``stage``, ``file``, ``format``, ``objective``, ``model``, ``method``, ``metric``,
-        ``export``, and ``session``: the stages (also listed under ``stage``) that use a run
-        without changing it (``chat``, ``serve``): they are not recorded in the run state and
-        run again every time. Fan-out: every plugin's mapping is merged.
+        A list of :mod:`framework.descriptors` instances -- ``Stage``, ``FileType``,
+        ``DataFormat``, ``ModelSource``, ``Method``, ``Objective``, ``Metric``,
+        ``ExportFormat`` -- each naming what users pick in config and declaring what the
+        core needs to know (a metric's direction, a method's kind, an objective's options).
+        The first contract's mapping ``{"method": ["lora"]}`` is still accepted (default
+        descriptors). Fan-out: every plugin's descriptors are merged.
     """
 
 
@@ -55,9 +58,10 @@ def tunesmith_provides() -> Mapping[str, Iterable[str]]:
 
 @hookspec(firstresult=True)
 def tunesmith_run_stage(name: str, run: Run) -> bool | None:
-    """Run the pipeline stage ``name`` (``prepare``, ``train``, ``evaluate``, ``export``...).
+    """Run the pipeline stage ``name`` (the first contract's way to run a stage).
 
-    Called once per entry of ``cfg.stages``, in order.
+    Called for a stage of ``cfg.stages`` whose :class:`framework.Stage` descriptor has no
+    ``run`` function (prefer ``Stage(name, run=...)``).
 
     Args:
         name: the stage the user listed in ``stages=[...]``.

@@ -9,14 +9,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from framework import hookimpl
+from framework import Method, Metric, hookimpl
 from tunesmith_example import last_layers
 from tunesmith_example.token_f1 import mean_token_f1
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["token_f1"], "method": ["last_layers"]}
+def tunesmith_provides() -> list:
+    """What this plugin serves, and what tunesmith needs to know about each name."""
+    return [
+        Metric(
+            "token_f1",
+            higher_is_better=True,
+            needs=("generations",),
+            description="word overlap of answer and reference (partial credit)",
+        ),
+        Method(
+            "last_layers",
+            kind="partial",
+            trainable_share=0.15,
+            description="train only the last transformer blocks; saves just those tensors",
+        ),
+    ]
 
 
 @hookimpl
