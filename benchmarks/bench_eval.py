@@ -72,9 +72,9 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
     from omegaconf import open_dict
 
     from framework.cli import CONFIG_DIR
-    from framework.data.chat import prompt_of, render
+    from framework.data.chat import prompt_of
     from framework.manager import build_plugin_manager
-    from framework.model.generation import generate
+    from framework.model.generation import generate, prompt_text
     from framework.resolvers import register_resolvers
     from framework.run import read_jsonl
 
@@ -89,7 +89,7 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
     plugins = build_plugin_manager()
     net, tokenizer = plugins.hook.tunesmith_build_model(name=str(cfg.model.name), cfg=cfg)
     examples = read_jsonl(Path(test_path))[:samples]
-    prompts = [render(tokenizer, prompt_of(e), add_generation_prompt=True) for e in examples]
+    prompts = [prompt_text(tokenizer, prompt_of(e)) for e in examples]
 
     def timed(bs: int) -> tuple[float, list[str]]:
         ev = cfg.evaluator.copy()

@@ -8,11 +8,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework.data.chat import prompt_of, reference_of, render
+from framework.data.chat import prompt_of, reference_of
 from framework.errors import ConfigError
 from framework.evaluate.predictions import PredictionStore, example_id
 from framework.evaluate.stats import TokenStats, choice_logliks, token_stats
-from framework.model.generation import generate
+from framework.model.generation import generate, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,8 @@ class EvalContext:
         return [reference_of(e) for e in self.examples]
 
     def prompts(self) -> list[str]:
-        return [
-            render(self.tokenizer, prompt_of(e), add_generation_prompt=True) for e in self.examples
-        ]
+        """The prompt of every example as the model sees it (the same rendering as chat)."""
+        return [prompt_text(self.tokenizer, prompt_of(e)) for e in self.examples]
 
     def language(self) -> str:
         """``zh`` or ``en``: ``evaluator.language``, or detected from the references."""

@@ -62,6 +62,8 @@ def batch_token_stats(model: Any, batch: dict[str, Any]) -> TokenStats:
     """
     import torch
 
+    from framework.train.losses import _decoder_and_head
+
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE_INDEX
     if not bool(mask.any()):
@@ -79,14 +81,6 @@ def batch_token_stats(model: Any, batch: dict[str, Any]) -> TokenStats:
             # prompt tuning prepends virtual tokens: keep the positions of the real ones
             logits = out.logits[:, -batch["labels"].shape[1] :][:, :-1][mask]
     return stats_from_logits(logits, targets[mask])
-
-
-def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
-    try:  # the training loss's fast path; absent or changed -> full logits
-        from framework.train.losses import _decoder_and_head as split
-    except ImportError:
-        return None
-    return split(model)
 
 
 def _encoded_answers(tokenizer: Any, examples: list[dict], cfg: DictConfig) -> list[dict]:

@@ -25,9 +25,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.errors import ConfigError, ModelError
+from framework.model.generation import end_of_turn_ids
 from framework.model.loading import DTYPES
 from framework.run import Run, atomic_path
-from framework.serve.engine import EXPORT_CONFIG, end_of_turn_ids, is_quantized
+from framework.serve.engine import EXPORT_CONFIG, is_quantized
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def save_hf_folder(
         model = model.to(dtype)
     gen = getattr(model, "generation_config", None)
     gen = GenerationConfig.from_dict(gen.to_dict()) if gen is not None else GenerationConfig()
-    eos = end_of_turn_ids(tokenizer, model)
+    eos = end_of_turn_ids(model, tokenizer)
     gen.eos_token_id = eos[0] if len(eos) == 1 else eos
     gen.pad_token_id = tokenizer.pad_token_id
     gen._from_model_config = False  # written on purpose: transformers must not regenerate it

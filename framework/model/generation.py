@@ -1,93 +1,319 @@
-"""Generating chat answers in batches: the one place where evaluation, chat and serve decide
-how a model answers and where an answer ends."""
+"""Generating chat answers: the one place where evaluation, chat and serve decide how a prompt
+is rendered, which settings ``model.generate`` gets, which tokens end an answer and where stop
+strings cut it.
+
+The evaluate stage generates in batches (:func:`generate`); the ``chat`` and ``serve`` stages
+stream one answer at a time (:mod:`framework.serve.engine`). Both go through
+:func:`generate_ids` and turn the new tokens into text with :func:`answer_text`, so for the same
+model, prompt and greedy settings they give the same answer and stop at the same token.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
 
+from framework.data.chat import render
 from framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Tokens that end an assistant turn in common chat templates; generation stops at any of
-#: them that the tokenizer knows, besides the model's own ``eos_token_id``.
+#: Tokens that end an assistant turn in common chat templates; an answer ends at any of them
+#: that the tokenizer has, besides the model's and the tokenizer's eos and the token the
+#: tokenizer's own chat template closes a turn with.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
-# --------------------------------------------------------------------------- generation
+# --------------------------------------------------------------------------- prompts
+
+
+def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
+    """The text the model continues: ``messages`` in its chat template plus the answer prompt."""
+    return render(tokenizer, messages, add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str], device: Any = None) -> Any:
+    """Tokenize rendered prompts (the template has the special tokens already), padded."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc.to(device) if device is not None else enc
+
+
+# --------------------------------------------------------------------------- end of turn
+
+
+def template_end_of_turn(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with, if it has one.
+
+    Found by rendering a short conversation and reading what follows the answer: ChatML's
+    ``<|im_end|>``, Llama 3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``, ``</s>``...
+    """
+    marker = "TUNESMITH_ANSWER"
+    user = {"role": "user", "content": "Hello"}
+    try:
+        before = render(tokenizer, [user], add_generation_prompt=True)
+        full = render(tokenizer, [user, {"role": "assistant", "content": marker}])
+    except Exception as exc:  # a template may reject a conversation it does not expect
+        log.debug("could not render the chat template to find its end of turn: %s", exc)
+        return None
+    at = full.find(marker, len(before) if full.startswith(before) else 0)
+    if at < 0:
+        return None
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    for token_id in tokenizer(full[at + len(marker) :], add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return int(token_id)
+        if tokenizer.decode([token_id]).strip():  # text, not a special token, follows the turn
+            return None
+    return None
 
 
 def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a turn: the model's ``eos_token_id`` plus known end-of-turn tokens."""
-    ids: list[int] = []
-    gen_cfg = getattr(model, "generation_config", None)
-    for source in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.append(source)
-        elif source:
-            ids.extend(int(i) for i in source)
+    """Token ids at which an answer ends, for evaluation, chat, serve and the exported model.
+
+    In order, without repeats: the model's ``generation_config.eos_token_id`` (one id or a
+    list), the tokenizer's eos, the token the chat template closes an assistant turn with
+    (:func:`template_end_of_turn`), and any of :data:`END_OF_TURN_TOKENS` the tokenizer has
+    (except its unknown-token placeholder, unless that is also its eos).
+
+    Args:
+        model: the causal LM (``None``: no generation config to read).
+        tokenizer: its tokenizer, with the chat template answers are prompted with.
+    """
+    ids: list[Any] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.extend(configured if isinstance(configured, list | tuple) else [configured])
+    ids.append(tokenizer.eos_token_id)
+    ids.append(template_end_of_turn(tokenizer))
     vocab = tokenizer.get_vocab()
-    ids.extend(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
     unk = getattr(tokenizer, "unk_token_id", None)
-    seen: list[int] = []
+    known = (vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    ids.extend(i for i in known if i != unk or i == tokenizer.eos_token_id)
+    out: list[int] = []
     for i in ids:
-        if i not in seen and (i != unk or i == tokenizer.eos_token_id):
-            seen.append(i)
-    return seen
+        if i is not None and int(i) not in out:
+            out.append(int(i))
+    return out
 
 
-def generation_kwargs(model: Any, tokenizer: Any, ev: DictConfig) -> dict[str, Any]:
-    """Keyword arguments for ``model.generate`` from the ``evaluator`` group."""
-    do_sample = bool(ev.get("do_sample", False))
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": int(ev.get("max_new_tokens", 64)),
-        "do_sample": do_sample,
-        "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": end_of_turn_ids(model, tokenizer),
-    }
-    if int(kwargs["max_new_tokens"]) < 1:
-        raise ConfigError(
-            "evaluator.max_new_tokens must be at least 1.", where="evaluator.max_new_tokens"
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class GenerationParams:
+    """How to generate an answer; the same fields for evaluation, chat and serve.
+
+    Attributes:
+        max_new_tokens: the most tokens the answer may have.
+        temperature: sampling temperature; ``0`` means greedy decoding.
+        top_p: nucleus sampling share (used when sampling).
+        top_k: keep only the ``top_k`` likeliest tokens (used when sampling; ``None``: all).
+        repetition_penalty: penalise tokens already generated (``None`` or 1: off).
+        min_new_tokens: generate at least this many tokens (end of turn is ignored before).
+        stop: strings that end the answer; the answer excludes them.
+        seed: seed for sampling, for a reproducible answer.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    min_new_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        """Whether tokens are sampled (``temperature > 0``), not chosen greedily."""
+        return bool(self.temperature and self.temperature > 0)
+
+    @classmethod
+    def from_evaluator(cls, ev: DictConfig) -> GenerationParams:
+        """The settings of the ``evaluator`` group (greedy unless ``evaluator.do_sample``).
+
+        Raises:
+            ConfigError: ``max_new_tokens`` below 1, or sampling at a temperature of 0.
+        """
+        if int(ev.get("max_new_tokens", 64)) < 1:
+            raise ConfigError(
+                "evaluator.max_new_tokens must be at least 1.", where="evaluator.max_new_tokens"
+            )
+        temperature = 0.0
+        if ev.get("do_sample", False):
+            temperature = float(ev.get("temperature", 1.0))
+            if temperature <= 0:
+                raise ConfigError(
+                    f"evaluator.temperature={temperature} cannot sample.",
+                    where="evaluator.temperature",
+                    hint="sample at a temperature above 0, or set evaluator.do_sample=false "
+                    "for greedy answers.",
+                )
+        return cls(
+            max_new_tokens=int(ev.get("max_new_tokens", 64)),
+            temperature=temperature,
+            top_p=float(ev.get("top_p", 1.0)),
+            top_k=None if ev.get("top_k") is None else int(ev.top_k),
+            repetition_penalty=(
+                None if ev.get("repetition_penalty") is None else float(ev.repetition_penalty)
+            ),
+            stop=[str(s) for s in (ev.get("stop") or [])],
+            seed=None if ev.get("seed") is None else int(ev.seed),
         )
-    if do_sample:
-        kwargs["temperature"] = float(ev.get("temperature", 1.0))
-        kwargs["top_p"] = float(ev.get("top_p", 1.0))
-        if ev.get("top_k") is not None:
-            kwargs["top_k"] = int(ev.top_k)
-    else:  # greedy: silence sampling defaults a model's generation_config may carry
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if ev.get("repetition_penalty") not in (None, 1, 1.0):
-        kwargs["repetition_penalty"] = float(ev.repetition_penalty)
-    stop = [str(s) for s in (ev.get("stop") or [])]
-    if stop:
-        kwargs["stop_strings"] = stop
-        kwargs["tokenizer"] = tokenizer
-    return kwargs
+
+    @classmethod
+    def from_serve(cls, serve_cfg: DictConfig) -> GenerationParams:
+        """The defaults of the ``serve`` group (``chat`` and ``serve`` stages)."""
+        return cls(
+            max_new_tokens=int(serve_cfg.get("max_tokens", 256)),
+            temperature=float(serve_cfg.get("temperature", 0.7)),
+            top_p=float(serve_cfg.get("top_p", 1.0)),
+            seed=None if serve_cfg.get("seed") is None else int(serve_cfg.seed),
+        )
+
+    def replace(self, **changes: Any) -> GenerationParams:
+        """A copy with the given fields changed (``None`` values keep the current one)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def generate_kwargs(self, tokenizer: Any, eot_ids: list[int]) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` (stop strings are handled apart).
+
+        Greedy decoding clears the sampling defaults a model's ``generation_config`` may carry.
+        """
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": int(self.max_new_tokens),
+            "min_new_tokens": min(int(self.min_new_tokens or 0), int(self.max_new_tokens)),
+            "eos_token_id": list(eot_ids),
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if self.sampling:
+            kwargs.update(do_sample=True, temperature=float(self.temperature), top_p=self.top_p)
+            if self.top_k is not None:
+                kwargs["top_k"] = int(self.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty not in (None, 1, 1.0):
+            kwargs["repetition_penalty"] = float(self.repetition_penalty)
+        return kwargs
 
 
-def generate_batch(model: Any, tokenizer: Any, prompts: list[str], kwargs: dict) -> list[str]:
-    """Generate one left-padded batch; returns the decoded new text of each prompt."""
+# --------------------------------------------------------------------------- answer text
+
+
+def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
+    """Where the first of ``stops`` begins in ``text`` (searching from ``start``), or ``None``."""
+    found = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to (not including) the first stop string in it."""
+    cut = first_stop(text, stops)
+    return text if cut is None else text[:cut]
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int], eot_ids: Sequence[int]) -> str:
+    """The text of generated token ``ids``, up to (not including) the first end-of-turn token."""
+    ids = list(ids)
+    end = next((k for k, t in enumerate(ids) if t in eot_ids), len(ids))
+    return tokenizer.decode(ids[:end], skip_special_tokens=True)
+
+
+def finish_text(text: str, stops: Sequence[str]) -> str:
+    """An answer as it is returned: cut at the first stop string, without surrounding spaces.
+
+    A byte-level BPE cut by ``max_new_tokens`` can end inside a character; its remains
+    (``\\ufffd``) are dropped.
+    """
+    return cut_at_stop(text, stops).rstrip("\ufffd").strip()
+
+
+def answer_text(
+    tokenizer: Any, ids: Sequence[int], eot_ids: Sequence[int], stops: Sequence[str]
+) -> str:
+    """The answer the generated token ``ids`` give (:func:`decode_answer`, :func:`finish_text`)."""
+    return finish_text(decode_answer(tokenizer, ids, eot_ids), stops)
+
+
+class StopStrings:
+    """A stopping criterion: a sequence is done once its answer text holds a stop string.
+
+    Only the generated tokens are read (a stop string never matches across the prompt), with
+    the same decoding as :func:`answer_text`, so generation stops where the text is cut.
+    """
+
+    def __init__(
+        self, tokenizer: Any, stops: Sequence[str], prompt_length: int, eot_ids: Sequence[int]
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_length = prompt_length
+        self.eot_ids = list(eot_ids)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = [
+            first_stop(decode_answer(self.tokenizer, row, self.eot_ids), self.stops) is not None
+            for row in input_ids[:, self.prompt_length :].tolist()
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    encoded: Any,
+    params: GenerationParams,
+    eot_ids: list[int],
+    *,
+    streamer: Any = None,
+    criteria: Sequence[Any] = (),
+) -> Any:
+    """Run ``model.generate`` on encoded prompts; returns the new tokens ``[batch, new]``.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer (pad token; decoding for stop strings).
+        encoded: the tokenized prompts (``input_ids``, ``attention_mask``), on the model's device.
+        params: the generation settings.
+        eot_ids: the tokens that end an answer (:func:`end_of_turn_ids`).
+        streamer: receives the new tokens as they come (``put``/``end``; see transformers).
+        criteria: more stopping criteria (e.g. a cancel flag).
+    """
     import torch
 
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-        model.device
-    )
+    prompt_length = int(encoded["input_ids"].shape[1])
+    stopping = list(criteria)
+    if any(params.stop):
+        stopping.append(StopStrings(tokenizer, params.stop, prompt_length, eot_ids))
+    if params.sampling and params.seed is not None:
+        torch.manual_seed(int(params.seed))
     with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    stops = kwargs.get("stop_strings") or []
-    # a byte-level BPE cut by max_new_tokens can end inside a character: drop the remains
-    return [_cut_at_stop(t, stops).rstrip("\ufffd").strip() for t in texts]
+        out = model.generate(
+            **encoded,
+            **params.generate_kwargs(tokenizer, eot_ids),
+            stopping_criteria=stopping or None,
+            streamer=streamer,
+        )
+    return out[:, prompt_length:]
 
 
-def _cut_at_stop(text: str, stops: list[str]) -> str:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text[:cut] if cut >= 0 else text
+# --------------------------------------------------------------------------- evaluation
+
+
+def generate_batch(
+    model: Any, tokenizer: Any, prompts: list[str], params: GenerationParams, eot_ids: list[int]
+) -> list[str]:
+    """Generate one left-padded batch of rendered prompts; returns each prompt's answer."""
+    new = generate_ids(
+        model, tokenizer, encode_prompts(tokenizer, prompts, model.device), params, eot_ids
+    )
+    return [answer_text(tokenizer, row, eot_ids, params.stop) for row in new.tolist()]
 
 
 def generate(
@@ -105,29 +331,26 @@ def generate(
     Args:
         model: a causal LM.
         tokenizer: its tokenizer (padding is switched to the left while generating).
-        prompts: prompts already rendered with the chat template.
-        ev: the ``evaluator`` group (``batch_size``, ``max_new_tokens``, sampling keys).
+        prompts: prompts already rendered with :func:`prompt_text`.
+        ev: the ``evaluator`` group (``batch_size``, ``max_new_tokens``, sampling keys, ``stop``).
         on_batch: called after each batch with the prompt indices and their answers.
 
     Returns:
         The answers, in the order of ``prompts``.
     """
-    import torch
-
     model.eval()
-    kwargs = generation_kwargs(model, tokenizer, ev)
+    params = GenerationParams.from_evaluator(ev)
+    eot_ids = end_of_turn_ids(model, tokenizer)
     batch_size = max(1, int(ev.get("batch_size", 16)))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    seed = ev.get("seed")
     outputs: list[str | None] = [None] * len(prompts)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            if kwargs["do_sample"] and seed is not None:
-                torch.manual_seed(int(seed) + start)
-            texts = generate_batch(model, tokenizer, [prompts[i] for i in idx], kwargs)
+            batch = params if params.seed is None else params.replace(seed=params.seed + start)
+            texts = generate_batch(model, tokenizer, [prompts[i] for i in idx], batch, eot_ids)
             for i, t in zip(idx, texts, strict=True):
                 outputs[i] = t
             if on_batch is not None:

@@ -1,9 +1,10 @@
 """Chat with a tuned model in the terminal: streamed answers, multi-turn, /reset and /exit.
 
 The conversation is rendered with the tokenizer's chat template, the same one training used
-(:func:`framework.data.chat.render`), and answers are streamed token by token through
-``transformers.TextIteratorStreamer``. Start it with
-``python run.py stages=[chat] hydra.run.dir=<finished run>`` (or ``serve.model=<folder>``).
+(:func:`framework.model.generation.prompt_text`), and answers are streamed as they are
+generated, ending where an evaluated answer would (the same end of turn and stop strings).
+Start it with ``python run.py stages=[chat] hydra.run.dir=<finished run>`` (or
+``serve.model=<folder>``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from framework.model.generation import GenerationParams
 from framework.run import Run
-from framework.serve.engine import ChatEngine, GenerationParams, PromptTooLongError, serve_config
+from framework.serve.engine import ChatEngine, PromptTooLongError, serve_config
 
 HELP = "commands: /reset starts a new conversation, /exit quits (or Ctrl-D)"
 

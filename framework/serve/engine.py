@@ -11,32 +11,40 @@ Shared by the terminal chat (:mod:`framework.serve.chat_cli`) and the HTTP serve
 * any Hugging Face model folder (``export/merged``, or a folder ``save_pretrained`` wrote).
 
 Generation runs in a worker thread and is serialised by one lock per model, so one process
-can take many requests: they wait their turn instead of running the model concurrently.
+can take many requests: they wait their turn instead of running the model concurrently. How
+a prompt is rendered, the ``generate`` settings, the tokens that end an answer and where stop
+strings cut it come from :mod:`framework.model.generation`, as for the evaluate stage.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from framework.data.chat import ensure_chat_template, render
+from framework.data.chat import ensure_chat_template
 from framework.errors import ConfigError, ModelError, TunesmithError
+from framework.model.generation import (
+    GenerationParams,
+    answer_text,
+    decode_answer,
+    encode_prompts,
+    end_of_turn_ids,
+    first_stop,
+    generate_ids,
+    prompt_text,
+)
 from framework.run import Run
 
 log = logging.getLogger(__name__)
 
 #: The tunesmith config written next to every export (the resolved config of the run).
 EXPORT_CONFIG = "tunesmith_config.yaml"
-
-#: End-of-turn tokens of common chat templates; generation stops at any that the vocab has.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 class PromptTooLongError(TunesmithError):
@@ -56,25 +64,6 @@ def is_quantized(model: Any) -> bool:
     if config is not None and getattr(config, "quantization_config", None):
         return True
     return any(type(m).__name__ in {"Linear4bit", "Linear8bitLt"} for m in model.modules())
-
-
-def end_of_turn_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
-    """Token ids at which a chat answer ends: the eos token(s) and the template's end of turn."""
-    ids: list[int] = []
-    if model is not None:
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        ids.extend(configured if isinstance(configured, list) else [configured])
-    ids.append(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    template = str(getattr(tokenizer, "chat_template", "") or "")
-    for token in END_OF_TURN_TOKENS:
-        if token in vocab and token in template:
-            ids.append(vocab[token])
-    out: list[int] = []
-    for i in ids:
-        if i is not None and int(i) not in out:
-            out.append(int(i))
-    return out
 
 
 def saved_config(path: Path) -> DictConfig:
@@ -266,41 +255,6 @@ def _device(name: str) -> str:
 # --------------------------------------------------------------------------- generation
 
 
-@dataclass
-class GenerationParams:
-    """How to generate one answer.
-
-    Attributes:
-        max_new_tokens: the most tokens the answer may have.
-        temperature: sampling temperature; ``0`` means greedy decoding.
-        top_p: nucleus sampling share (used when sampling).
-        min_new_tokens: generate at least this many tokens (end of turn is ignored before).
-        stop: strings that end the answer; the answer excludes them.
-        seed: seed for sampling, for a reproducible answer.
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    min_new_tokens: int = 0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    @classmethod
-    def from_config(cls, serve_cfg: DictConfig) -> GenerationParams:
-        """The defaults of the ``serve`` config group."""
-        return cls(
-            max_new_tokens=int(serve_cfg.get("max_tokens", 256)),
-            temperature=float(serve_cfg.get("temperature", 0.7)),
-            top_p=float(serve_cfg.get("top_p", 1.0)),
-            seed=None if serve_cfg.get("seed") is None else int(serve_cfg.seed),
-        )
-
-    def replace(self, **changes: Any) -> GenerationParams:
-        """A copy with the given fields changed (``None`` values keep the default)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
 class _CancelCriteria:
     """A ``StoppingCriteria`` that stops generation once ``event`` is set."""
 
@@ -315,8 +269,34 @@ class _CancelCriteria:
         )
 
 
+class _TokenQueue:
+    """A ``model.generate`` streamer that hands the new token ids over to the reader."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[list[int] | None] = queue.Queue()
+        self._prompt = True
+
+    def put(self, value: Any) -> None:
+        if self._prompt:  # generate hands over the prompt first
+            self._prompt = False
+            return
+        self.queue.put([int(i) for i in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def chunks(self) -> Iterator[list[int]]:
+        """The new ids, as ``generate`` hands them over, until the end."""
+        while (item := self.queue.get()) is not None:
+            yield item
+
+
 class ChatEngine:
     """One model and tokenizer, answering chat conversations one at a time.
+
+    Prompts, settings, end of turn and stop strings are those of
+    :mod:`framework.model.generation`, shared with the evaluate stage: for the same prompt and
+    greedy settings, a chat answer is the answer evaluation scores.
 
     Args:
         model: a causal LM in eval mode.
@@ -333,7 +313,7 @@ class ChatEngine:
         self.model_id = model_id
         self.defaults = defaults or GenerationParams()
         self.lock = threading.Lock()
-        self.eos_ids = end_of_turn_ids(tokenizer, model)
+        self.eot_ids = end_of_turn_ids(model, tokenizer)
         self.context_length = getattr(model.config, "max_position_embeddings", None)
         self._count_lock = threading.Lock()
         self.active = 0  # generations running or waiting for the model
@@ -342,11 +322,11 @@ class ChatEngine:
     def from_run(cls, run: Run) -> ChatEngine:
         """Load the model ``serve.model`` names, with ``serve.*`` generation defaults."""
         model, tokenizer, model_id = load_chat_model(run)
-        return cls(model, tokenizer, model_id, GenerationParams.from_config(serve_config(run)))
+        return cls(model, tokenizer, model_id, GenerationParams.from_serve(serve_config(run)))
 
     def prompt(self, messages: list[dict]) -> str:
         """The text the model sees: ``messages`` in its chat template, plus the answer prompt."""
-        return render(self.tokenizer, messages, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, messages)
 
     def stream(self, messages: list[dict], params: GenerationParams | None = None) -> TextStream:
         """Start answering ``messages``; iterate the result for the answer's text pieces.
@@ -371,6 +351,10 @@ class ChatEngine:
 class TextStream:
     """One answer being generated: iterate it for text pieces as they come.
 
+    The pieces add up to ``text``, the answer :func:`framework.model.generation.answer_text`
+    gives for the generated tokens: text that a stop string could still cut, and spaces the
+    answer could still end with, are held back until the next tokens settle them.
+
     After iteration, ``text`` is the whole answer, ``finish_reason`` is ``"stop"`` (end of
     turn or a stop string) or ``"length"`` (``max_new_tokens`` reached), and
     ``prompt_tokens`` / ``completion_tokens`` count tokens. ``cancel()`` stops the generation
@@ -378,14 +362,9 @@ class TextStream:
     """
 
     def __init__(self, engine: ChatEngine, messages: list[dict], params: GenerationParams) -> None:
-        from transformers import TextIteratorStreamer
-
         self.engine = engine
         self.params = params
-        tokenizer = engine.tokenizer
-        self.encoded = tokenizer(
-            engine.prompt(messages), return_tensors="pt", add_special_tokens=False
-        )
+        self.encoded = encode_prompts(engine.tokenizer, [engine.prompt(messages)])
         self.prompt_tokens = int(self.encoded["input_ids"].shape[1])
         self.max_new_tokens = int(params.max_new_tokens)
         limit = engine.context_length
@@ -398,12 +377,11 @@ class TextStream:
                     hint="shorten the conversation (or start a new one).",
                 )
             self.max_new_tokens = min(self.max_new_tokens, limit - self.prompt_tokens)
-        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._tokens = _TokenQueue()
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._generate, daemon=True, name="tunesmith-gen")
         self._error: BaseException | None = None
-        self._output_ids: Any = None
-        self._stopped_by_string = False
+        self._output_ids: list[int] | None = None
         self.text = ""
         self.completion_tokens = 0
         self.finish_reason: str | None = None
@@ -411,39 +389,30 @@ class TextStream:
 
     # the worker thread ----------------------------------------------------------
     def _generate(self) -> None:
-        import torch
-
-        engine, p = self.engine, self.params
+        engine = self.engine
         with engine._count_lock:
             engine.active += 1
         try:
             with engine.lock:  # one generation at a time; later requests wait here
                 if self._cancel.is_set():
                     return
-                kwargs: dict[str, Any] = {
-                    "max_new_tokens": self.max_new_tokens,
-                    "min_new_tokens": min(int(p.min_new_tokens or 0), self.max_new_tokens),
-                    "eos_token_id": engine.eos_ids,
-                    "pad_token_id": engine.tokenizer.pad_token_id,
-                    "streamer": self._streamer,
-                    "stopping_criteria": [_CancelCriteria(self._cancel)],
-                }
-                if p.temperature and p.temperature > 0:
-                    kwargs.update(do_sample=True, temperature=float(p.temperature), top_p=p.top_p)
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                if p.seed is not None:
-                    torch.manual_seed(int(p.seed))
                 device = getattr(engine.model, "device", "cpu")
-                inputs = {k: v.to(device) for k, v in self.encoded.items()}
-                with torch.inference_mode():
-                    self._output_ids = engine.model.generate(**inputs, **kwargs)
+                new = generate_ids(
+                    engine.model,
+                    engine.tokenizer,
+                    self.encoded.to(device),
+                    self.params.replace(max_new_tokens=self.max_new_tokens),
+                    engine.eot_ids,
+                    streamer=self._tokens,
+                    criteria=[_CancelCriteria(self._cancel)],
+                )
+                self._output_ids = new[0].tolist()
         except BaseException as exc:  # handed to the reader, which re-raises it
             self._error = exc
         finally:
             with engine._count_lock:
                 engine.active -= 1
-            self._streamer.end()
+            self._tokens.end()
 
     # the reader ----------------------------------------------------------------
     def start(self) -> TextStream:
@@ -459,47 +428,44 @@ class TextStream:
 
     def __iter__(self) -> Iterator[str]:
         self.start()
-        stops = [s for s in self.params.stop if s]
+        tokenizer, eot_ids, stops = self.engine.tokenizer, self.engine.eot_ids, self.params.stop
         hold = max((len(s) for s in stops), default=1) - 1
-        text, emitted = "", 0
+        # a tokenizer that cleans up spaces (" ." -> ".") may change the end of a word later
+        whole_words = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+        ids: list[int] = []
+        emitted = ""
         completed = False
         try:
-            for piece in self._streamer:
-                text += piece
-                cut = _first_stop(text, stops, max(0, emitted - hold))
-                if cut is not None:
-                    self._stopped_by_string = True
-                    self._cancel.set()
-                    if cut > emitted:
-                        yield text[emitted:cut]
-                    text, emitted = text[:cut], cut
-                    break
-                safe = len(text) - hold
-                if safe > emitted:
-                    yield text[emitted:safe]
+            for chunk in self._tokens.chunks():
+                ids.extend(chunk)
+                text = answer_text(tokenizer, ids, eot_ids, stops)
+                safe = text[: max(0, len(text) - hold)].rstrip()
+                if whole_words:
+                    safe = safe[: max(safe.rfind(" "), safe.rfind("\n"), 0)].rstrip()
+                if len(safe) > len(emitted) and safe.startswith(emitted):
+                    yield safe[len(emitted) :]
                     emitted = safe
-            else:
-                if len(text) > emitted:
-                    yield text[emitted:]
-                    emitted = len(text)
             completed = True
         finally:
             if not completed:  # the reader stopped early (client gone): stop generating too
                 self._cancel.set()
-        self._finish(text)
+        self._finish(ids)
+        if not self.text.startswith(emitted):
+            log.warning("the streamed answer differs from the final one: %r", self.text)
+        elif len(self.text) > len(emitted):
+            yield self.text[len(emitted) :]
 
-    def _finish(self, text: str) -> None:
+    def _finish(self, streamed: list[int]) -> None:
         self._thread.join()
-        self.text = text
         if self._error is not None:
             raise self._error
-        generated = []
-        if self._output_ids is not None:
-            generated = self._output_ids[0, self.prompt_tokens :].tolist()
+        generated = self._output_ids if self._output_ids is not None else streamed
+        tokenizer, eot_ids, stops = self.engine.tokenizer, self.engine.eot_ids, self.params.stop
+        self.text = answer_text(tokenizer, generated, eot_ids, stops)
         self.completion_tokens = len(generated)
         if (
-            self._stopped_by_string
-            or any(t in self.engine.eos_ids for t in generated)
+            any(t in eot_ids for t in generated)
+            or first_stop(decode_answer(tokenizer, generated, eot_ids), stops) is not None
             or self.completion_tokens < self.max_new_tokens
         ):
             self.finish_reason = "stop"
@@ -511,8 +477,3 @@ class TextStream:
         for _ in self:
             pass
         return self.text
-
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
-    return min(found) if found else None

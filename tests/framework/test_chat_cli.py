@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from framework.manager import build_plugin_manager
+from framework.model.generation import GenerationParams
 from framework.resolvers import ROOT_DIR
 from framework.run import Run
 from framework.serve.chat_cli import chat_loop
-from framework.serve.engine import ChatEngine, GenerationParams
+from framework.serve.engine import ChatEngine
 from tests.conftest import compose_config
 from tests.framework.tiny_run import finished_run
 

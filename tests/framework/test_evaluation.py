@@ -149,11 +149,11 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
     real = generation.generate_batch
     calls: list[list[str]] = []
 
-    def stop_after_first(model, tokenizer, prompts, kwargs):
+    def stop_after_first(model, tokenizer, prompts, *settings):
         if calls:
             raise KeyboardInterrupt("stopped by the user")
         calls.append(prompts)
-        return real(model, tokenizer, prompts, kwargs)
+        return real(model, tokenizer, prompts, *settings)
 
     monkeypatch.setattr(generation, "generate_batch", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
@@ -163,9 +163,9 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
 
     generated: list[str] = []
 
-    def counting(model, tokenizer, prompts, kwargs):
+    def counting(model, tokenizer, prompts, *settings):
         generated.extend(prompts)
-        return real(model, tokenizer, prompts, kwargs)
+        return real(model, tokenizer, prompts, *settings)
 
     monkeypatch.setattr(generation, "generate_batch", counting)
     metrics = run_pipeline(cfg)
@@ -272,6 +272,8 @@ def test_generation_stops_at_end_of_turn_and_at_stop_strings(trained) -> None:
     model, tok = Run(cfg=cfg, dir=trained[0], plugins=build_plugin_manager()).build_base()
     eot = generation.end_of_turn_ids(model, tok)
     assert tok.convert_tokens_to_ids("<|im_end|>") in eot and tok.eos_token_id in eot
-    kwargs = generation.generation_kwargs(model, tok, cfg.evaluator)
-    assert kwargs["do_sample"] is False and kwargs["stop_strings"] == ["END"]
-    assert generation._cut_at_stop("42 END more", ["END"]) == "42 "
+    params = generation.GenerationParams.from_evaluator(cfg.evaluator)
+    assert params.stop == ["END"] and not params.sampling
+    kwargs = params.generate_kwargs(tok, eot)
+    assert kwargs["do_sample"] is False and kwargs["eos_token_id"] == eot
+    assert generation.cut_at_stop("42 END more", ["END"]) == "42 "

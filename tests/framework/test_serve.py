@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from framework.manager import build_plugin_manager
+from framework.model.generation import GenerationParams
 from framework.resolvers import ROOT_DIR
 from framework.run import Run
-from framework.serve.engine import ChatEngine, GenerationParams
+from framework.serve.engine import ChatEngine
 from framework.serve.http import bind, build_server, create_app
 from tests.conftest import compose_config
 from tests.framework.tiny_run import finished_run
