@@ -267,8 +267,10 @@ def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str,
 
     Returns:
         ``{metric_name: value}`` for the selected names the plugin serves, or ``None``.
-        A selected name may be answered with several keys that start with it (``rouge``
-        -> ``rouge1``, ``rouge2``, ``rougeL``). Fan-out: the dicts of all plugins are merged.
+        A value is a float or a :class:`framework.Score` (its ``higher_is_better``
+        overrides the metric's declared direction; its ``stderr`` is recorded). A selected
+        name may be answered with several keys that start with it (``rouge`` -> ``rouge1``,
+        ``rouge2``, ``rougeL``). Fan-out: the dicts of all plugins are merged.
     """
 
 

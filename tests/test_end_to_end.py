@@ -40,9 +40,10 @@ def test_cli_run_on_tiny_model_writes_everything_into_one_run_dir(
     ):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"base", "tuned"}
-    for side in metrics.values():
-        assert {"exact_match", "perplexity"} <= set(side)
+    assert set(metrics) == {"base", "tuned", "directions"}
+    for side in ("base", "tuned"):
+        assert {"exact_match", "perplexity"} <= set(metrics[side])
+    assert metrics["directions"]["perplexity"] == "lower"
     assert metrics["tuned"]["perplexity"] < metrics["base"]["perplexity"]
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert rows and {"prompt", "reference", "base", "tuned"} <= set(rows[0])

@@ -11,41 +11,90 @@ from omegaconf import DictConfig
 
 from framework.run import atomic_path
 
-#: Metrics where a smaller value is the better one.
-LOWER_IS_BETTER = {"perplexity", "loss"}
+#: The key of ``metrics.json`` with each metric's direction: ``{key: "higher" | "lower" |
+#: null}`` (what the metric's plugin declared; null: none declared).
+DIRECTIONS = "directions"
+#: The key of ``metrics.json`` with standard errors, when a metric gave any:
+#: ``{side: {key: value}}``.
+STDERR = "stderr"
+#: The sides of an evaluation, in the order the table shows them.
+SIDES = ("base", "tuned")
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, stderr: float | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, float) and math.isnan(value):
         return "nan"
-    return f"{value:.4g}"
+    return f"{value:.4g}" if stderr is None else f"{value:.4g} ± {stderr:.2g}"
 
 
-def change_text(name: str, base: float | None, tuned: float | None) -> str:
-    """``"+0.12 (better)"``: the change from base to tuned, and whether it is an improvement."""
+def change_text(base: float | None, tuned: float | None, direction: str | None) -> str:
+    """The change from base to tuned: ``"+0.12 (better)"`` when the metric has a direction
+    (``higher`` or ``lower`` is better), just ``"+0.12"`` when it has none."""
     if base is None or tuned is None or math.isnan(base) or math.isnan(tuned):
         return ""
     delta = tuned - base
     if delta == 0:
         return "0"
-    better = (delta < 0) if name in LOWER_IS_BETTER else (delta > 0)
+    if direction not in ("higher", "lower"):
+        return f"{delta:+.4g}"
+    better = delta > 0 if direction == "higher" else delta < 0
     return f"{delta:+.4g} ({'better' if better else 'worse'})"
 
 
-def table_rows(results: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
-    """``(metric, base, tuned, change)`` for each metric of either side."""
+def metric_names(results: dict[str, Any]) -> list[str]:
+    """Every metric either side reported (tuned's order first)."""
+    return list(dict.fromkeys([*results.get("tuned", {}), *results.get("base", {})]))
+
+
+def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """``(metric, base, tuned, change)`` for each metric of either side.
+
+    Args:
+        results: what ``metrics.json`` holds: ``base`` and ``tuned`` (``{key: value}``),
+            :data:`DIRECTIONS` and, when known, :data:`STDERR`.
+    """
     base, tuned = results.get("base", {}), results.get("tuned", {})
-    names = list(dict.fromkeys([*tuned, *base]))
+    directions = results.get(DIRECTIONS) or {}
+    stderr = results.get(STDERR) or {}
+    b_err, t_err = stderr.get("base", {}), stderr.get("tuned", {})
     return [
-        (n, _fmt(base.get(n)), _fmt(tuned.get(n)), change_text(n, base.get(n), tuned.get(n)))
-        for n in names
+        (
+            n,
+            _fmt(base.get(n), b_err.get(n)),
+            _fmt(tuned.get(n), t_err.get(n)),
+            change_text(base.get(n), tuned.get(n), directions.get(n)),
+        )
+        for n in metric_names(results)
     ]
 
 
-def print_table(results: dict[str, dict[str, float]], title: str = "evaluation") -> None:
-    """Print metric | base | tuned | change."""
+def directions_text(results: dict[str, Any]) -> str:
+    """One sentence: which metrics are better higher, which lower, which have no direction."""
+    directions = results.get(DIRECTIONS) or {}
+    groups: dict[str | None, list[str]] = {"higher": [], "lower": [], None: []}
+    for name in metric_names(results):
+        direction = directions.get(name)
+        groups[direction if direction in groups else None].append(name)
+    parts = [
+        f"{word} is better for {', '.join(groups[key])}"
+        for key, word in (("higher", "higher"), ("lower", "lower"))
+        if groups[key]
+    ]
+    text = "; ".join(parts)
+    text = text[:1].upper() + text[1:] + "." if text else ""
+    if groups[None]:
+        undeclared = ", ".join(groups[None])
+        text += (
+            f"{' ' if text else ''}No direction is declared for {undeclared}: "
+            "its change is shown without better or worse."
+        )
+    return text
+
+
+def print_table(results: dict[str, Any], title: str = "evaluation") -> None:
+    """Print metric | base | tuned | change, and which direction is better for each metric."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,10 +103,14 @@ def print_table(results: dict[str, dict[str, float]], title: str = "evaluation")
         table.add_column(col, justify="left" if col == "metric" else "right")
     for row in table_rows(results):
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    note = directions_text(results)
+    if note:
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
+def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     lines = ["| metric | base | tuned | change |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(r)} |" for r in table_rows(results)]
@@ -104,12 +157,13 @@ def _example_md(k: int, row: dict) -> str:
 
 def write_report(
     path: Path,
-    results: dict[str, dict[str, float]],
+    results: dict[str, Any],
     rows: list[dict],
     cfg: DictConfig,
     info: dict[str, Any],
 ) -> Path:
-    """Write ``eval_report.md``: the table, then the examples that improved and got worse.
+    """Write ``eval_report.md``: the table (with each metric's declared direction), then the
+    examples that improved and got worse.
 
     Examples are ranked by the change of their chrF (character n-gram F-score against the
     reference, 0-100, fair to English and Chinese alike); ``evaluator.report_examples``
@@ -135,8 +189,7 @@ def write_report(
         "",
         markdown_table(results),
         "",
-        "Lower is better for perplexity; higher is better for every other metric. "
-        "BLEU and chrF are on a 0-100 scale, the others on 0-1.",
+        directions_text(results),
         "",
     ]
     scored = example_scores(rows)
@@ -145,7 +198,7 @@ def write_report(
         worse = sorted((r for r in scored if r["delta"] < 0), key=lambda r: r["delta"])
         same = len(scored) - len(improved) - len(worse)
         lines += [
-            f"Per example (chrF against the reference): {len(improved)} improved, "
+            f"Per example (chrF against the reference, 0-100): {len(improved)} improved, "
             f"{len(worse)} got worse, {same} unchanged.",
             "",
         ]

@@ -19,12 +19,15 @@ evaluation keeps what it produced and a re-run generates only what is missing, p
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framework.descriptors import Metric, Score
 from framework.errors import ConfigError, DataError
 from framework.evaluate.context import EvalContext
 from framework.evaluate.predictions import PREDICTIONS, PredictionStore, example_id
+from framework.evaluate.report import DIRECTIONS, STDERR
 from framework.evaluate.sources import (
     BASE_MODES,
     apply_run_source,
@@ -42,24 +45,64 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- scoring
 
 
-def score(run: Run, ctx: EvalContext) -> dict[str, float]:
+@dataclass
+class Scored:
+    """One model's results: the values, the direction of each key, and standard errors.
+
+    Attributes:
+        values: ``{key: value}`` in the order of ``evaluator.metrics``.
+        directions: ``{key: "higher" | "lower" | None}``: what the computation returned in a
+            :class:`framework.Score`, else what the selected metric declares (``None``: no
+            declared direction).
+        stderr: ``{key: standard error}`` for the keys whose :class:`framework.Score` had one.
+    """
+
+    values: dict[str, float] = field(default_factory=dict)
+    directions: dict[str, str | None] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+
+
+def _direction(higher_is_better: bool | None) -> str | None:
+    if higher_is_better is None:
+        return None
+    return "higher" if higher_is_better else "lower"
+
+
+def _declared(run: Run, name: str) -> str | None:
+    """The direction the plugin serving the metric ``name`` declared."""
+    info = run.plugins.describe("metric", name)
+    return info.direction if isinstance(info, Metric) else None
+
+
+def score(run: Run, ctx: EvalContext) -> Scored:
     """All selected metrics for one model, in the order of ``evaluator.metrics``.
 
     A selected name is computed when a plugin returns it, or returns keys that start with
-    it (``rouge`` gives ``rouge1``, ``rouge2``, ``rougeL``).
+    it (``rouge`` gives ``rouge1``, ``rouge2``, ``rougeL``). A plugin may return plain
+    numbers or :class:`framework.Score` values; a key's direction is the ``Score``'s
+    ``higher_is_better`` when given, else the one its selected metric declares.
     """
     names = [str(m) for m in run.cfg.evaluator.metrics]
-    merged: dict[str, float] = {}
+    merged: dict[str, Any] = {}
     for result in run.hook.tunesmith_compute_metrics(metrics=names, ctx=ctx):
         merged.update(result or {})
-    out: dict[str, float] = {}
+    out = Scored()
     missing = []
     for n in names:
         keys = [k for k in merged if k == n or (k.startswith(n) and n not in merged)]
         if not keys:
             missing.append(n)
         for k in keys:
-            out[k] = float(merged[k])
+            got = merged[k]
+            if isinstance(got, Score):
+                out.values[k] = float(got.value)
+                declared = _direction(got.higher_is_better)
+                out.directions[k] = declared if declared is not None else _declared(run, n)
+                if got.stderr is not None:
+                    out.stderr[k] = float(got.stderr)
+            else:
+                out.values[k] = float(got)
+                out.directions[k] = _declared(run, n)
     if missing:
         raise ConfigError(
             f"No plugin computed the metrics {missing}.",
@@ -67,6 +110,23 @@ def score(run: Run, ctx: EvalContext) -> dict[str, float]:
             hint="a plugin that declares a metric must return it from tunesmith_compute_metrics.",
         )
     return out
+
+
+def results_payload(scored: dict[str, Scored]) -> dict[str, Any]:
+    """What ``metrics.json`` holds: ``{"base": {key: value}, "tuned": {...}, "directions":
+    {key: "higher" | "lower" | null}}``, and ``"stderr": {side: {key: value}}`` when any
+    value has one. ``base``/``tuned`` stay plain numbers, as readers of the file expect."""
+    payload: dict[str, Any] = {side: dict(s.values) for side, s in scored.items()}
+    directions: dict[str, str | None] = {}
+    for s in scored.values():
+        for key, direction in s.directions.items():
+            if directions.get(key) is None:
+                directions[key] = direction
+    payload[DIRECTIONS] = directions
+    stderr = {side: dict(s.stderr) for side, s in scored.items() if s.stderr}
+    if stderr:
+        payload[STDERR] = stderr
+    return payload
 
 
 def check_metrics(run: Run) -> None:
@@ -130,8 +190,9 @@ def evaluate(run: Run) -> dict[str, Any]:
     """Run the evaluate stage: base vs tuned on the same examples.
 
     Returns:
-        ``{"base": {metric: value}, "tuned": {metric: value}}`` (a side is absent when it was
-        not scored).
+        What ``metrics.json`` holds (see :func:`results_payload`): ``{"base": {metric:
+        value}, "tuned": {metric: value}, "directions": {metric: "higher" | "lower" |
+        None}}`` (a side is absent when it was not scored).
     """
     from framework.evaluate.report import print_table, write_report
 
@@ -150,20 +211,22 @@ def evaluate(run: Run) -> dict[str, Any]:
         )
     store = PredictionStore(run.dir / PREDICTIONS, fingerprints(run, source))
     tuned, tokenizer = load_tuned(run, source) if source is not None else (None, None)
-    results: dict[str, dict[str, float]] = {}
+    scored: dict[str, Scored] = {}
     mode = "rebuild"
     if compare or source is None:
         mode = base_mode(run, tuned)
         log.info("scoring base model (%s) on %d examples", mode, len(examples))
         with base_model(run, tuned, tokenizer, mode) as (model, tok):
-            results["base"] = score(run, EvalContext(model, tok, examples, cfg, "base", store))
+            scored["base"] = score(run, EvalContext(model, tok, examples, cfg, "base", store))
     if tuned is not None:
         log.info("scoring tuned model (%s) on %d examples", source.describe(), len(examples))
-        results["tuned"] = score(run, EvalContext(tuned, tokenizer, examples, cfg, "tuned", store))
+        scored["tuned"] = score(run, EvalContext(tuned, tokenizer, examples, cfg, "tuned", store))
         if source.kind == "artifact" and run_src is None:  # this run's own: keep for export
             run.model, run.tokenizer, run.trained = tuned, tokenizer, True
 
     rows = store.compact([example_id(e) for e in examples])
+    results = results_payload(scored)
+    run.metrics.pop(STDERR, None)  # from an earlier evaluation in this process
     run.metrics.update(results)
     write_json(run.dir / "metrics.json", results)
     print_table(results, title=f"evaluation on the {cfg.evaluator.get('split', 'test')} split")

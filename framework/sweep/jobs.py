@@ -138,9 +138,10 @@ class SweepCallback(Callback):
         metric: the metric to rank jobs by, a path into ``metrics.json`` such as
             ``tuned/exact_match``. Default: ``optimized_metric`` when the config has one,
             else ``tuned/<first evaluator metric>``.
-        direction: ``minimize``, ``maximize`` or ``auto`` (the Optuna sweeper's direction
-            when it optimises this metric; else ``minimize`` for losses, perplexity and
-            error rates, ``maximize`` for the rest).
+        direction: ``minimize``, ``maximize`` or ``auto``: the Optuna sweeper's direction
+            when it optimises this metric, else the direction the metric's plugin declared
+            (recorded in each job's metrics), else ``maximize`` -- and the summary says that
+            no direction was known. Never guessed from the metric's name.
         plot: whether to draw ``sweep_summary.png``.
     """
 
@@ -169,9 +170,16 @@ class SweepCallback(Callback):
             log.warning("no sweep directory at %s: nothing to summarise", sweep_dir)
             return
         jobs = collect_jobs(sweep_dir, before=self._before)
-        metric, direction = choose_metric(config, jobs, self.metric, self.direction)
+        ranking = choose_metric(config, jobs, self.metric, self.direction)
         try:
-            summary = summarize(sweep_dir, jobs, metric, direction, plot=self.plot)
+            summary = summarize(
+                sweep_dir,
+                jobs,
+                ranking.metric,
+                ranking.direction,
+                plot=self.plot,
+                direction_source=ranking.source,
+            )
         except Exception:  # a broken summary must not hide that the jobs ran
             log.exception("could not write the sweep summary in %s", sweep_dir)
             return
@@ -279,7 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", type=Path, help="the multirun directory")
     parser.add_argument("--metric", help="rank by this metric, e.g. tuned/exact_match")
-    parser.add_argument("--direction", choices=["auto", "minimize", "maximize"], default="auto")
+    parser.add_argument(
+        "--direction",
+        choices=["auto", "minimize", "maximize"],
+        default="auto",
+        help="auto: the direction the metric declares (recorded in each job's metrics)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip sweep_summary.png")
     args = parser.parse_args(argv)
     from framework.sweep.report import print_summary, summarize
@@ -299,8 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     direction = args.direction
     if direction == "auto" and chosen and not args.metric:
         direction = str(chosen.get("direction") or "auto")
-    metric, direction = choose_metric(config, jobs, metric, direction)
-    print_summary(summarize(args.sweep_dir, jobs, metric, direction, plot=not args.no_plot))
+    ranking = choose_metric(config, jobs, metric, direction)
+    summary = summarize(
+        args.sweep_dir,
+        jobs,
+        ranking.metric,
+        ranking.direction,
+        plot=not args.no_plot,
+        direction_source=ranking.source,
+    )
+    print_summary(summary)
     return 0
 
 

@@ -7,9 +7,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
+
+from framework.evaluate.report import DIRECTIONS, STDERR
 
 #: Each job's record, in the job's directory.
 JOB_FILE = "job.json"
@@ -117,14 +119,37 @@ def collect_jobs(sweep_dir: Path, before: dict[str, int] | None = None) -> list[
 
 # --------------------------------------------------------------------------- metric choice
 
-#: Words in a metric name that mean lower is better.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer", "time", "latency")
+#: The direction a sweep is ranked in when nothing says which way is better: the metric
+#: declares none, no ``direction`` was given and no Optuna sweeper optimises it.
+DEFAULT_DIRECTION = "maximize"
+#: Keys of a run's metrics that describe the others rather than being metrics themselves.
+META_KEYS = (DIRECTIONS, STDERR)
+
+
+class Ranking(NamedTuple):
+    """The metric a sweep is ranked by, its direction, and where the direction came from.
+
+    Attributes:
+        metric: a path into the run's metrics (``tuned/exact_match``), or ``None``.
+        direction: ``minimize`` or ``maximize``.
+        source: ``given`` (the callback's or the command's ``direction``), ``optuna`` (the
+            sweeper's direction for ``optimized_metric``), ``declared`` (what the metric's
+            plugin declared, recorded in each job's metrics) or ``default`` (nothing said:
+            :data:`DEFAULT_DIRECTION`).
+    """
+
+    metric: str | None
+    direction: str
+    source: str
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"tuned": {"perplexity": 3.1}}`` -> ``{"tuned/perplexity": 3.1}`` (numbers only)."""
+    """``{"tuned": {"perplexity": 3.1}}`` -> ``{"tuned/perplexity": 3.1}`` (numbers only;
+    the recorded directions and standard errors are left out)."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
+        if not prefix and key in META_KEYS:
+            continue
         path = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, prefix=f"{path}/"))
@@ -133,10 +158,31 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def infer_direction(metric: str) -> str:
-    """``minimize`` for losses, perplexity and error rates; ``maximize`` otherwise."""
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return "minimize" if any(word in leaf for word in LOWER_IS_BETTER) else "maximize"
+def recorded_direction(metrics: dict[str, Any], metric: str) -> str | None:
+    """``minimize`` / ``maximize`` for the path ``metric`` (``tuned/wer``) from the directions a
+    run recorded with its metrics (``{"directions": {"wer": "lower"}}``), or ``None``.
+
+    The path itself is looked up first, then what follows its first parts (``tuned/wer`` ->
+    ``wer``), so a side's metric takes its metric's direction.
+    """
+    directions = metrics.get(DIRECTIONS)
+    if not isinstance(directions, dict):
+        return None
+    parts = metric.split("/")
+    for i in range(len(parts)):
+        key = "/".join(parts[i:])
+        if key in directions:
+            return {"higher": "maximize", "lower": "minimize"}.get(str(directions[key]))
+    return None
+
+
+def _sweeper_direction(config: DictConfig) -> str | None:
+    sweeper_direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    if isinstance(sweeper_direction, Sequence) and not isinstance(sweeper_direction, str):
+        sweeper_direction = sweeper_direction[0] if sweeper_direction else None
+    if not sweeper_direction:
+        return None
+    return str(sweeper_direction).lower().removeprefix("studydirection.")
 
 
 def choose_metric(
@@ -144,8 +190,14 @@ def choose_metric(
     jobs: list[JobRecord],
     metric: str | None = None,
     direction: str = "auto",
-) -> tuple[str | None, str]:
-    """The metric to rank a sweep by, and its direction (see :class:`SweepCallback`)."""
+) -> Ranking:
+    """The metric to rank a sweep by, and its direction (see :class:`SweepCallback`).
+
+    The direction, first found: ``direction`` when it is ``minimize``/``maximize``; the
+    Optuna sweeper's ``hydra.sweeper.direction`` when the metric is ``optimized_metric``;
+    the direction the jobs recorded for it (declared by the metric's plugin); else
+    :data:`DEFAULT_DIRECTION`. Never a guess from the metric's name.
+    """
     optimized = OmegaConf.select(config, "optimized_metric", default=None) if config else None
     chosen = metric or optimized
     if not chosen:
@@ -160,11 +212,14 @@ def choose_metric(
         if chosen is None and reported:
             chosen = reported[0]
     if direction in ("minimize", "maximize"):
-        return chosen, direction
+        return Ranking(chosen, direction, "given")
     if chosen and chosen == optimized and config is not None:
-        sweeper_direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
-        if isinstance(sweeper_direction, Sequence) and not isinstance(sweeper_direction, str):
-            sweeper_direction = sweeper_direction[0] if sweeper_direction else None
-        if sweeper_direction:
-            return chosen, str(sweeper_direction).lower().removeprefix("studydirection.")
-    return chosen, infer_direction(chosen) if chosen else "minimize"
+        sweeper = _sweeper_direction(config)
+        if sweeper:
+            return Ranking(chosen, sweeper, "optuna")
+    if chosen:
+        for job in jobs:
+            recorded = recorded_direction(job.metrics, chosen)
+            if recorded is not None:
+                return Ranking(chosen, recorded, "declared")
+    return Ranking(chosen, DEFAULT_DIRECTION, "default")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.run import atomic_path, write_json
-from framework.sweep.records import JobRecord, flatten
+from framework.sweep.records import DEFAULT_DIRECTION, JobRecord, flatten
 
 STEM = "sweep_summary"
 BEST_MARK = "★"
@@ -50,10 +50,24 @@ class SweepSummary:
     metric_columns: list[str]
     rows: list[Row]
     files: dict[str, Path] = field(default_factory=dict)
+    #: where ``direction`` came from: ``given``, ``optuna``, ``declared`` or ``default``
+    #: (see :class:`framework.sweep.records.Ranking`).
+    direction_source: str = "given"
 
     @property
     def best(self) -> Row | None:
         return next((r for r in self.rows if r.best), None)
+
+    def direction_note(self) -> str:
+        """Why the ranking goes this way, when a person should know: only when no direction
+        was given or declared and the default was used."""
+        if self.metric is None or self.direction_source != "default":
+            return ""
+        return (
+            f"No direction is known for {self.metric}: its metric declares none and none was "
+            f"given, so jobs are ranked by the default ({DEFAULT_DIRECTION}). Choose with "
+            "hydra.callbacks.sweep.direction=minimize|maximize (or --direction)."
+        )
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -137,8 +151,19 @@ def summarize(
     metric: str | None,
     direction: str,
     plot: bool = True,
+    direction_source: str = "given",
 ) -> SweepSummary:
-    """Rank ``jobs`` by ``metric`` and write the summary files into ``sweep_dir``."""
+    """Rank ``jobs`` by ``metric`` and write the summary files into ``sweep_dir``.
+
+    Args:
+        sweep_dir: the multirun directory.
+        jobs: its jobs (:func:`framework.sweep.records.collect_jobs`).
+        metric: the path of the metric to rank by (``tuned/exact_match``), or ``None``.
+        direction: ``minimize`` or ``maximize``.
+        plot: whether to draw ``sweep_summary.png``.
+        direction_source: where the direction came from (``given``, ``optuna``,
+            ``declared``, ``default``); the summary says so when it is the default.
+    """
     sweep_dir = Path(sweep_dir)
     swept, fixed = swept_keys(jobs)
     rows = rank(jobs, metric, direction)
@@ -150,6 +175,7 @@ def summarize(
         fixed=fixed,
         metric_columns=_metric_columns(rows, metric),
         rows=rows,
+        direction_source=direction_source,
     )
     summary.files["csv"] = write_csv(summary, sweep_dir / f"{STEM}.csv")
     summary.files["json"] = write_summary_json(summary, sweep_dir / f"{STEM}.json")
@@ -232,6 +258,7 @@ def write_summary_json(summary: SweepSummary, path: Path) -> Path:
             "sweep_dir": str(summary.sweep_dir),
             "metric": summary.metric,
             "direction": summary.direction,
+            "direction_source": summary.direction_source,
             "swept": summary.swept,
             "fixed": summary.fixed,
             "counts": summary.counts(),
@@ -269,6 +296,8 @@ def write_markdown(summary: SweepSummary, path: Path) -> Path:
     ]
     if summary.metric:
         lines.append(f"Ranked by **{summary.metric}** ({summary.direction}).")
+        if summary.direction_note():
+            lines += ["", summary.direction_note()]
     else:
         lines.append("No job reported a metric: jobs are listed by number.")
     best = summary.best
@@ -421,6 +450,8 @@ def print_summary(summary: SweepSummary) -> None:
             soft_wrap=True,
             markup=False,
         )
+    if summary.direction_note():
+        console.print(summary.direction_note(), soft_wrap=True, markup=False, highlight=False)
     for kind in ("md", "csv", "png"):
         if kind in summary.files:
             console.print(f"{kind:>4}: {summary.files[kind]}", soft_wrap=True, markup=False)

@@ -7,14 +7,20 @@ compared with the reference label, case, punctuation and width folded.
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 from plugins.metrics.scoring import answer_accuracy
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["accuracy"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "accuracy",
+            needs=("generations",),
+            description="the label extracted from the answer equals the reference's (0-1)",
+        )
+    ]
 
 
 @hookimpl

@@ -7,14 +7,20 @@ or any sacrebleu tokenizer (``13a``, ``zh``, ``intl``, ``char``, ``none``);
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 from plugins.metrics.scoring import bleu, bleu_tokenizer
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["bleu"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "bleu",
+            needs=("generations",),
+            description="corpus BLEU of the answers by sacrebleu (0-100)",
+        )
+    ]
 
 
 @hookimpl

@@ -8,15 +8,21 @@ fairer to choices of different lengths). Choices come from the example's ``choic
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.errors import ConfigError
 from framework.evaluate.context import EvalContext
 from plugins.metrics.scoring import normalize
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["choice_accuracy"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "choice_accuracy",
+            needs=("choices", "model"),
+            description="the likeliest choice (log-likelihood) is the reference (0-1)",
+        )
+    ]
 
 
 def pick(scores: list[tuple[float, int]], norm: str) -> int:

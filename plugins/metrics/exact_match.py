@@ -7,7 +7,7 @@ Normalisation (``evaluator.exact_match.*``): Unicode NFKC and surrounding whites
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 from plugins.metrics.scoring import exact_match, normalize
 
@@ -15,8 +15,14 @@ __all__ = ["exact_match", "normalize"]
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["exact_match"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "exact_match",
+            needs=("generations",),
+            description="the answer equals the reference after normalisation (0-1)",
+        )
+    ]
 
 
 @hookimpl

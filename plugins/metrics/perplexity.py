@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["perplexity"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "perplexity",
+            higher_is_better=False,
+            needs=("token_stats",),
+            description="exp of the mean answer-token cross-entropy (>= 1, teacher-forced)",
+        )
+    ]
 
 
 @hookimpl

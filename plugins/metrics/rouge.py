@@ -8,14 +8,17 @@ rouge-score's English tokenizer), ``default``, ``char`` or ``jieba`` (Chinese wo
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 from plugins.metrics.scoring import ROUGE_TYPES, rouge, rouge_tokenizer
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["rouge", *ROUGE_TYPES]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric("rouge", description="ROUGE-1/2/L F-measures (0-1), as rouge1, rouge2, rougeL"),
+        *[Metric(t, description=f"the {t} F-measure alone (0-1)") for t in ROUGE_TYPES],
+    ]
 
 
 @hookimpl

@@ -5,13 +5,19 @@ Teacher-forced like perplexity (no generation), over the assistant turns only.
 
 from __future__ import annotations
 
-from framework import hookimpl
+from framework import Metric, hookimpl
 from framework.evaluate.context import EvalContext
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"metric": ["token_accuracy"]}
+def tunesmith_provides() -> list[Metric]:
+    return [
+        Metric(
+            "token_accuracy",
+            needs=("token_stats",),
+            description="share of answer tokens ranked first given the true prefix (0-1)",
+        )
+    ]
 
 
 @hookimpl

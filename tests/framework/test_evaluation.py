@@ -52,6 +52,7 @@ def test_base_and_tuned_are_scored_on_the_same_examples(trained, tmp_path: Path)
     assert json.loads((run_dir / "metrics.json").read_text()) == {
         "base": metrics["base"],
         "tuned": metrics["tuned"],
+        "directions": {n: "lower" if n == "perplexity" else "higher" for n in names},
     }
     test = read_jsonl(run_dir / "data/test.jsonl")
     rows = read_jsonl(run_dir / "predictions.jsonl")
@@ -223,7 +224,7 @@ def test_evaluate_an_adapter_folder_or_any_local_model(trained, tmp_path: Path) 
 
     # no tuned model at all: the configured model alone, as "base"
     alone = run_pipeline(_cfg(tmp_path / "b", data, "stages=[prepare,evaluate]", "evaluator=loss"))
-    assert set(alone) == {"base"}
+    assert set(alone) == {"base", "directions"}
     assert alone["base"]["perplexity"] == pytest.approx(own["base"]["perplexity"], rel=1e-5)
 
     # a local model folder as the tuned side: here the base model's own files, so no change

@@ -51,14 +51,19 @@ def test_report_shows_the_table_and_the_examples_that_moved_most(tmp_path: Path)
         _row(3, "London", "London", "Berlin ```code```"),  # got worse
         _row(4, "Rome", "Rome", "Rome"),  # unchanged
     ]
-    results = {"base": {"perplexity": 9.0, "bleu": 10.0}, "tuned": {"perplexity": 3.0, "bleu": 5.0}}
+    results = {
+        "base": {"perplexity": 9.0, "bleu": 10.0},
+        "tuned": {"perplexity": 3.0, "bleu": 5.0},
+        "directions": {"perplexity": "lower", "bleu": "higher"},
+    }
     path = write_report(tmp_path / "eval_report.md", results, rows, cfg, {"examples": 4})
     text = path.read_text()
     assert "| perplexity | 9 | 3 | -6 (better) |" in text
     assert "| bleu | 10 | 5 | -5 (worse) |" in text
+    assert "Higher is better for bleu; lower is better for perplexity." in text
     assert "2 improved, 1 got worse, 1 unchanged" in text
     improved, worse = text.split("## Examples that improved")[1].split("## Examples that got worse")
     assert "data.jsonl:1" in improved and "data.jsonl:2" not in improved  # only the top one
     assert "北京是中国的首都" in improved and "question 1" in improved
     assert "data.jsonl:3" in worse and "````" in worse  # fenced safely around ``` in an answer
-    assert change_text("perplexity", 2.0, 2.0) == "0"
+    assert change_text(2.0, 2.0, "lower") == "0"

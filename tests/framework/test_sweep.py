@@ -29,7 +29,13 @@ def _job(
     job_dir = root / f"{num}__tiny-lora-demo"
     (job_dir / ".hydra").mkdir(parents=True)
     (job_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
-    metrics = {} if ppl is None else {"base": {"perplexity": 500.0}, "tuned": {"perplexity": ppl}}
+    metrics = {}
+    if ppl is not None:  # as the evaluate stage records them: with the declared direction
+        metrics = {
+            "base": {"perplexity": 500.0},
+            "tuned": {"perplexity": ppl},
+            "directions": {"perplexity": "lower"},
+        }
     record = JobRecord(
         num=num,
         dir=str(job_dir),
@@ -72,13 +78,23 @@ def test_sweep_name_is_deterministic_path_safe_and_short() -> None:
 
 
 def test_metric_choice_explicit_then_optimized_then_first_evaluator_metric() -> None:
-    jobs = [JobRecord(0, "d", [], "finished", {"tuned": {"exact_match": 0.5, "perplexity": 3.0}})]
+    metrics = {
+        "tuned": {"exact_match": 0.5, "perplexity": 3.0},
+        "directions": {"exact_match": "higher", "perplexity": "lower"},
+    }
+    jobs = [JobRecord(0, "d", [], "finished", metrics)]
     cfg = OmegaConf.create({"evaluator": {"metrics": ["perplexity", "exact_match"]}})
-    assert choose_metric(cfg, jobs) == ("tuned/perplexity", "minimize")
-    assert choose_metric(cfg, jobs, metric="tuned/exact_match") == ("tuned/exact_match", "maximize")
+    # the direction each job recorded (declared by the metric's plugin)
+    assert choose_metric(cfg, jobs) == ("tuned/perplexity", "minimize", "declared")
+    assert choose_metric(cfg, jobs, metric="tuned/exact_match") == (
+        "tuned/exact_match",
+        "maximize",
+        "declared",
+    )
     assert choose_metric(cfg, jobs, "tuned/exact_match", "minimize") == (
         "tuned/exact_match",
         "minimize",
+        "given",
     )
     optuna = OmegaConf.create(
         {
@@ -87,9 +103,29 @@ def test_metric_choice_explicit_then_optimized_then_first_evaluator_metric() -> 
             "hydra": {"sweeper": {"direction": "minimize"}},
         }
     )
-    # Optuna's direction wins for the metric it optimises, whatever the name suggests
-    assert choose_metric(optuna, jobs) == ("tuned/exact_match", "minimize")
-    assert choose_metric(None, [JobRecord(0, "d", [], "failed")]) == (None, "minimize")
+    # Optuna's direction wins for the metric it optimises, whatever the metric declares
+    assert choose_metric(optuna, jobs) == ("tuned/exact_match", "minimize", "optuna")
+    assert choose_metric(None, [JobRecord(0, "d", [], "failed")]) == (None, "maximize", "default")
+
+
+def test_metric_without_recorded_direction_is_maximised_by_default_and_says_so(
+    sweep_dir: Path,
+) -> None:
+    # jobs from before directions were recorded: no guess from "perplexity" in the name
+    for path in sweep_dir.glob("*/job.json"):
+        data = json.loads(path.read_text())
+        data["metrics"].pop("directions", None)
+        path.write_text(json.dumps(data))
+    jobs = collect_jobs(sweep_dir)
+    ranking = choose_metric(None, jobs, "tuned/perplexity")
+    assert ranking == ("tuned/perplexity", "maximize", "default")
+    summary = summarize(sweep_dir, jobs, *ranking[:2], plot=False, direction_source=ranking.source)
+    assert [r.job.num for r in summary.rows] == [0, 3, 1, 2]
+    md = (sweep_dir / "sweep_summary.md").read_text()
+    assert "No direction is known for tuned/perplexity" in md
+    assert "hydra.callbacks.sweep.direction=minimize|maximize" in md
+    data = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert data["direction_source"] == "default"
 
 
 def test_summary_ranks_jobs_marks_the_best_and_lists_failures_last(sweep_dir: Path) -> None:
@@ -131,7 +167,9 @@ def test_job_without_record_is_read_from_what_it_left(tmp_path: Path) -> None:
     (done / ".hydra").mkdir(parents=True)
     (done / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     (done / "run_state.json").write_text('{"status": "finished", "stages_done": ["prepare"]}')
-    (done / "metrics.json").write_text('{"tuned": {"perplexity": 2.5}}')
+    (done / "metrics.json").write_text(
+        '{"tuned": {"perplexity": 2.5}, "directions": {"perplexity": "lower"}}'
+    )
     killed = tmp_path / "1__x"
     (killed / ".hydra").mkdir(parents=True)
     (killed / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
@@ -140,6 +178,7 @@ def test_job_without_record_is_read_from_what_it_left(tmp_path: Path) -> None:
     jobs = collect_jobs(tmp_path)
     assert [(j.num, j.status) for j in jobs] == [(0, "finished"), (1, "incomplete")]
     assert jobs[0].metrics["tuned"]["perplexity"] == 2.5 and jobs[0].overrides == ["seed=1"]
+    assert choose_metric(None, jobs).direction == "minimize"  # recorded in metrics.json
     assert read_job(tmp_path / "not_a_job") is None
 
 

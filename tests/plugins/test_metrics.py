@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from framework import Metric
+from framework.descriptors import METRIC_NEEDS
 from framework.errors import ConfigError
 from framework.evaluate.context import EvalContext
 from framework.evaluate.stage import score
@@ -186,6 +188,18 @@ def _ctx(tmp_path: Path, refs: list[str], preds: list[str], *overrides: str) -> 
     return run, ctx
 
 
+def test_in_tree_metrics_declare_direction_needs_and_description() -> None:
+    plugins = build_plugin_manager(entry_points=False)
+    names = plugins.names("metric")
+    assert {"perplexity", "exact_match", "bleu", "rouge", "rougeL"} <= set(names)
+    for name in names:
+        info = plugins.describe("metric", name)
+        assert isinstance(info, Metric) and info.description, name
+        assert info.needs and set(info.needs) <= set(METRIC_NEEDS), name
+        # perplexity is the one in-tree metric where lower is better
+        assert info.higher_is_better is (name != "perplexity"), name
+
+
 def test_metric_plugins_follow_the_config(tmp_path: Path) -> None:
     run, ctx = _ctx(
         tmp_path,
@@ -194,8 +208,11 @@ def test_metric_plugins_follow_the_config(tmp_path: Path) -> None:
         "evaluator.metrics=[bleu,rouge,exact_match]",
         "evaluator.rouge.tokenize=jieba",
     )
-    got = score(run, ctx)
+    scored = score(run, ctx)
+    got = scored.values
     assert list(got) == ["bleu", "rouge1", "rouge2", "rougeL", "exact_match"]
+    # each key takes the direction its metric's plugin declares (rouge covers rouge1...)
+    assert set(scored.directions.values()) == {"higher"} and list(scored.directions) == list(got)
     assert got["exact_match"] == 0.5
     assert got["rouge1"] == pytest.approx((6 / 7 + 1) / 2)
     # one Chinese reference is enough for the zh tokenizer: the corpus is scored as one
@@ -212,7 +229,7 @@ def test_single_rouge_variant_and_accuracy_with_choices(tmp_path: Path) -> None:
         "evaluator.metrics=[accuracy,rougeL]",
         "evaluator.choices=[positive,negative]",
     )
-    got = score(run, ctx)
+    got = score(run, ctx).values
     assert set(got) == {"accuracy", "rougeL"}
     assert got["accuracy"] == pytest.approx(2 / 3)
 
