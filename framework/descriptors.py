@@ -14,7 +14,9 @@ The core never infers anything from a name: a metric's direction, a method's kin
 objective's options and batch fields, an export's description all come from here.
 ``python run.py plugins`` shows every field. The old form, a mapping from stage key to names
 (``{"metric": ["wer"]}``), still works: each name gets a descriptor with the defaults below
-(for a metric: no declared direction, so reports show its change without "better"/"worse").
+(for a metric: no declared direction, so reports show its change without "better"/"worse";
+a method gets no :class:`Method` at all, since its kind cannot be guessed: the core then
+assumes the most conservative one, e.g. every weight training for the memory estimate).
 
 Descriptors are frozen dataclasses; their stage key is the class attribute ``key``.
 """
@@ -250,6 +252,8 @@ def as_descriptors(provided: Any) -> list[Provided]:
                     out.append(Stage(str(name), session=str(name) in sessions))
                 elif key == "metric":
                     out.append(Metric(str(name), higher_is_better=None))
+                elif key == "method":  # its kind is unknown: never default it to "adapter"
+                    out.append(_Other(str(name), stage_key="method"))
                 else:
                     cls = KINDS.get(str(key))
                     out.append(cls(str(name)) if cls else _Other(str(name), stage_key=str(key)))
@@ -267,7 +271,8 @@ def as_descriptors(provided: Any) -> list[Provided]:
 
 @dataclass(frozen=True)
 class _Other(Provided):
-    """A name under a stage key tunesmith does not know (kept for listings)."""
+    """A name with nothing tunesmith can read declared for it (kept for listings): a name
+    under a stage key tunesmith does not know, or a method named in the old mapping form."""
 
     stage_key: str = ""
 

@@ -8,12 +8,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework.descriptors import Method
 from framework.errors import TunesmithError
 from framework.manager import TunesmithPluginManager
 
@@ -282,12 +283,15 @@ class Run:
 
         name = str(self.cfg.model.name)
         self.plugins.require("model", name)
+        method_name = str((self.cfg.get("method") or {}).get("name", ""))
+        info = self.plugins.describe("method", method_name)
+        method = info if isinstance(info, Method) else None
         load_kwargs = None
         if method_load:
-            load_kwargs = self.hook.tunesmith_model_load_kwargs(
-                name=str(self.cfg.method.name), cfg=self.cfg
-            )
-        with method_load_kwargs(load_kwargs):
+            load_kwargs = self.hook.tunesmith_model_load_kwargs(name=method_name, cfg=self.cfg)
+        elif method is not None and method.base_bits:
+            method = replace(method, base_bits=None)  # loaded plainly this time
+        with method_load_kwargs(load_kwargs, method=method):
             result = self.hook.tunesmith_build_model(name=name, cfg=self.cfg)
         if result is None:
             raise TunesmithError(f"The plugin serving model '{name}' returned nothing.")

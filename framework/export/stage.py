@@ -5,36 +5,32 @@ it, into ``export/<format>/`` of the run directory (atomically: a killed export 
 folder that looks whole). Next to what the plugin wrote, the stage adds a model card
 (``README.md``, see :func:`model_card`) and the run's resolved config (``tunesmith_config.yaml``).
 
-The building blocks for the in-tree formats live here:
-
-* :func:`merged_model` folds the trained adapter into a freshly built, full-precision base
-  model (also for QLoRA runs, see :func:`full_precision_config`);
-* :func:`save_hf_folder` writes a standard Hugging Face model folder (safetensors, config,
-  generation config, tokenizer with its chat template) that ``transformers`` loads alone.
+What every format shares lives here: :func:`export_dtype` reads ``export.dtype`` (checked
+before any format is written), :func:`save_hf_folder` writes a standard Hugging Face model
+folder (safetensors, config, generation config, tokenizer with its chat template) that
+``transformers`` loads alone, and :func:`copy_artifact` copies what the train stage saved.
+What a format is, the stage reads from its :class:`framework.descriptors.ExportFormat`
+(``writes``, shown in the model card); the formats themselves live in ``plugins/exports/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from framework.errors import ConfigError, ModelError
+from framework.descriptors import ExportFormat, Method
+from framework.errors import ConfigError
 from framework.model.generation import end_of_turn_ids
-from framework.model.loading import DTYPES
+from framework.model.loading import DTYPES, is_adapter_folder
 from framework.run import Run, atomic_path
-from framework.serve.engine import EXPORT_CONFIG, is_quantized
+from framework.serve.engine import EXPORT_CONFIG
 
 log = logging.getLogger(__name__)
-
-#: Config keys (under ``method`` or ``model``) with which a method asks for a quantized base
-#: model. The merge turns them off to rebuild the base in full precision (QLoRA).
-QUANTIZATION_KEYS = ("quantization", "quantization_config", "load_in_4bit", "load_in_8bit")
 
 SPLITS = ("train", "val", "test")
 
@@ -63,7 +59,7 @@ def export(run: Run) -> list[Path]:
     return written
 
 
-# --------------------------------------------------------------------------- merged model
+# --------------------------------------------------------------------------- shared
 
 
 def export_dtype(cfg: DictConfig) -> Any:
@@ -81,104 +77,6 @@ def export_dtype(cfg: DictConfig) -> Any:
     import torch
 
     return getattr(torch, key)
-
-
-def full_precision_config(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` that builds the base model without quantization.
-
-    A method such as QLoRA trains its adapter on a 4-bit base; merging into those weights would
-    bake the quantization error into the export. The merge therefore rebuilds the base with
-    every key of :data:`QUANTIZATION_KEYS` under ``method`` and ``model`` switched off
-    (``null`` for a mapping, ``false`` for a flag), and a ``model.dtype`` of ``auto`` or a
-    quantized type replaced by ``float32``.
-    """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(cfg):
-        for group in ("method", "model"):
-            node = cfg.get(group)
-            if node is None:
-                continue
-            for key in QUANTIZATION_KEYS:
-                if key in node:
-                    node[key] = False if isinstance(node[key], bool) else None
-        if str(cfg.model.get("dtype", "float32")).lower() not in {
-            "float32",
-            "fp32",
-            "bfloat16",
-            "bf16",
-            "float16",
-            "fp16",
-        }:
-            cfg.model.dtype = "float32"
-    return cfg
-
-
-def has_adapter(path: Path) -> bool:
-    """Whether ``path`` holds a PEFT adapter (rather than a whole model)."""
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def merged_model(run: Run) -> tuple[Any, Any]:
-    """The tuned model as one plain ``transformers`` model, and the tokenizer it trained with.
-
-    For an adapter method the base model is rebuilt through ``run.build_base()`` from
-    :func:`full_precision_config` (never quantized), the method's saved adapter is loaded on
-    it with ``tunesmith_load_method`` and merged (``merge_and_unload``). For ``method=full``
-    the saved model is the tuned model.
-
-    Raises:
-        ModelError: the base model still comes out quantized, or the adapter cannot be merged.
-    """
-    if not run.artifact_dir.exists():
-        run.load_tuned()  # raises the clear "no trained model" error
-    tokenizer = _training_tokenizer(run)
-    if not has_adapter(run.artifact_dir):
-        model, tok = run.load_tuned()
-        return model, tokenizer or tok
-    base_cfg = full_precision_config(run.cfg)
-    base_run = dataclasses.replace(
-        run, cfg=base_cfg, model=None, tokenizer=None, trained=False, metrics={}
-    )
-    base, base_tok = base_run.build_base(method_load=False)
-    if is_quantized(base):
-        raise ModelError(
-            f"The base model for the merge came out quantized although "
-            f"{', '.join(QUANTIZATION_KEYS)} were switched off.",
-            where=f"method={run.cfg.method.name}",
-            hint="the method must ask for quantization through one of those keys; or export "
-            "the adapter alone (export.formats=[adapter]).",
-        )
-    name = str(run.cfg.method.name)
-    run.plugins.require("method", name)
-    tuned = run.hook.tunesmith_load_method(
-        name=name, base_model=base, path=run.artifact_dir, cfg=base_cfg
-    )
-    if not hasattr(tuned, "merge_and_unload"):
-        raise ModelError(
-            f"The adapter of method '{name}' cannot be merged into the base model.",
-            where=str(run.artifact_dir),
-            hint="export it with export.formats=[adapter].",
-        )
-    try:
-        merged = tuned.merge_and_unload()
-    except (ValueError, NotImplementedError, AttributeError) as exc:
-        raise ModelError(
-            f"The adapter of method '{name}' cannot be merged: {exc}",
-            where=str(run.artifact_dir),
-            hint="export it with export.formats=[adapter].",
-        ) from exc
-    return merged, tokenizer or base_tok
-
-
-def _training_tokenizer(run: Run) -> Any | None:
-    """The tokenizer the train stage saved with the artifact (its chat template included)."""
-    if not (run.artifact_dir / "tokenizer_config.json").is_file():
-        return run.tokenizer
-    from transformers import AutoTokenizer
-
-    from framework.data.chat import ensure_chat_template
-
-    return ensure_chat_template(AutoTokenizer.from_pretrained(run.artifact_dir))
 
 
 def save_hf_folder(
@@ -319,27 +217,30 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
     cfg = run.cfg
     model_cfg, method = cfg.model, str(cfg.method.name)
     base_name = str(model_cfg.get("hub_id") or model_cfg.name)
-    adapter = has_adapter(folder)
+    adapter = is_adapter_folder(folder)
     report = _read_json(run.data_dir / "report.json")
     metrics = _read_json(run.dir / "metrics.json")
     train = _read_json(run.dir / "train_summary.json")
-    dtype = cfg.export.get("dtype") if fmt == "merged" else None
+    written = _read_json(folder / "config.json")  # a whole model's folder says its dtype
+    dtype = written.get("dtype") or written.get("torch_dtype")
 
     front = ["---", f"library_name: {'peft' if adapter else 'transformers'}"]
     if model_cfg.get("hub_id"):
         front.append(f"base_model: {model_cfg.hub_id}")
     front += ["pipeline_tag: text-generation", "tags:", "- tunesmith", f"- {method}", "---", ""]
 
-    what = {
-        "adapter": "the adapter as trained (load it on top of the base model with PEFT)",
-        "merged": "the adapter merged into the base model: a standalone Hugging Face model",
-    }.get(fmt, f"export format `{fmt}`")
-    if fmt == "adapter" and not adapter:
-        what = f"the whole fine-tuned model (method `{method}` trains every weight)"
+    fmt_info = run.plugins.describe("export", fmt)
+    writes = fmt_info.writes if isinstance(fmt_info, ExportFormat) and fmt_info.writes else ""
+    holds = (
+        "a PEFT adapter: load it on top of the base model with PEFT"
+        if adapter
+        else "a whole model that `transformers` loads alone"
+    )
     lines = [
         f"# {cfg.get('run_name') or run.dir.name}",
         "",
-        f"Fine-tuned with tunesmith from `{base_name}` using `{method}`. This folder is {what}.",
+        f"Fine-tuned with tunesmith from `{base_name}` using `{method}`. Export format "
+        f"`{fmt}`" + (f": {writes}" if writes else "") + f". This folder holds {holds}.",
         "",
         "## Base model",
         "",
@@ -355,11 +256,15 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
         "",
         "## Method",
         "",
-        f"`{method}`"
-        + (
-            f": {train.get('trainable'):,} of {train.get('total'):,} parameters trained."
-            if train.get("trainable") and train.get("total")
-            else "."
+        " ".join(
+            [
+                _method_text(method, run.plugins.describe("method", method)),
+                *(
+                    [f"{train['trainable']:,} of {train['total']:,} parameters trained."]
+                    if train.get("trainable") and train.get("total")
+                    else []
+                ),
+            ]
         ),
         "",
         "## Data",
@@ -409,7 +314,7 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
         ]
     else:
         lines.append("This run was not evaluated (no metrics.json).")
-    lines += ["", "## Use", "", _usage(fmt, adapter, base_name), ""]
+    lines += ["", "## Use", "", _usage(adapter, base_name), ""]
     lines += [
         "The prompt format is the tokenizer's chat template (the one used in training); "
         "`generation_config.json` stops at its end-of-turn token.",
@@ -420,7 +325,26 @@ def model_card(run: Run, fmt: str, folder: Path) -> str:
     return "\n".join(front + lines)
 
 
-def _usage(fmt: str, adapter: bool, base_name: str) -> str:
+#: How the model card says what each kind of method (``Method.kind``) trained.
+KIND_TEXT = {
+    "adapter": "An adapter method: the base model's weights stay frozen",
+    "full": "Full fine-tuning: every weight of the base model trains",
+    "partial": "Partial fine-tuning: some of the base model's own weights train",
+}
+
+
+def _method_text(name: str, info: Any) -> str:
+    """What the method is and what it trains, from its descriptor (just its name without)."""
+    if not isinstance(info, Method):
+        return f"`{name}`."
+    text = f"`{name}`" + (f": {info.description}." if info.description else ".")
+    kind = KIND_TEXT.get(info.kind, "")
+    if kind and info.base_bits:
+        kind += f", held in {info.base_bits}-bit while it trains"
+    return f"{text} {kind}." if kind else text
+
+
+def _usage(adapter: bool, base_name: str) -> str:
     if adapter:
         body = (
             "from peft import AutoPeftModelForCausalLM\n"

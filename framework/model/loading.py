@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from framework.data.chat import FALLBACK_CHAT_TEMPLATE, ensure_chat_template
+from framework.descriptors import Method
 from framework.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -40,20 +41,28 @@ log = logging.getLogger(__name__)
 _METHOD_LOAD_KWARGS: ContextVar[Mapping[str, Any] | None] = ContextVar(
     "tunesmith_method_load_kwargs", default=None
 )
+#: The run's :class:`Method` descriptor while :func:`method_load_kwargs` is active, for the
+#: memory estimate of :func:`load_pretrained`.
+_METHOD: ContextVar[Method | None] = ContextVar("tunesmith_method", default=None)
 
 
 @contextmanager
-def method_load_kwargs(kwargs: Mapping[str, Any] | None) -> Iterator[None]:
+def method_load_kwargs(
+    kwargs: Mapping[str, Any] | None, method: Method | None = None
+) -> Iterator[None]:
     """Make every :func:`load_pretrained` call inside the block use ``kwargs`` too.
 
     :meth:`framework.run.Run.build_base` wraps the ``tunesmith_build_model`` hook in this,
     with what the method's ``tunesmith_model_load_kwargs`` returned (e.g. a 4-bit
-    ``quantization_config`` for ``method=qlora``), so model plugins need not know methods.
+    ``quantization_config`` for ``method=qlora``) and the method's descriptor (what the
+    memory estimate reads), so model plugins need not know methods.
     """
     token = _METHOD_LOAD_KWARGS.set(dict(kwargs or {}))
+    method_token = _METHOD.set(method)
     try:
         yield
     finally:
+        _METHOD.reset(method_token)
         _METHOD_LOAD_KWARGS.reset(token)
 
 
@@ -80,6 +89,8 @@ TOKENIZER_FILES = (
     "spiece.model",
 )
 GiB = 2**30
+#: The file that makes a folder a PEFT adapter (rather than a whole model).
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def torch_dtype(name: str | None) -> Any:
@@ -119,6 +130,11 @@ def _read_config_json(path: Path) -> dict[str, Any]:
             hint="point model.path at a folder written by save_pretrained().",
         )
     return config
+
+
+def is_adapter_folder(path: Path) -> bool:
+    """Whether ``path`` holds a PEFT adapter (it has ``adapter_config.json``), not a model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def check_model_dir(path: Path) -> Path:
@@ -233,6 +249,15 @@ def available_memory(device: str) -> tuple[int, str]:
     return max(free, 0), where
 
 
+#: What the estimate assumes for a method that declared no :class:`Method` (a plugin still on
+#: the old ``{"method": [name]}`` form, or a load outside a run): the most memory any method
+#: needs, every weight training in ``model.dtype``. It can only over-warn, never under-warn.
+CONSERVATIVE_METHOD = Method("(undeclared)", kind="full")
+
+#: Bytes per trainable parameter beyond its weight: its gradient and AdamW's two states.
+OPTIMIZER_BYTES = 12
+
+
 @dataclass
 class MemoryEstimate:
     """What loading and training a model will take, against what is free."""
@@ -255,26 +280,34 @@ class MemoryEstimate:
         )
 
 
-def estimate_memory(path: Path, cfg: DictConfig) -> MemoryEstimate:
+def estimate_memory(path: Path, cfg: DictConfig, method: Method | None = None) -> MemoryEstimate:
     """Estimate the memory to load and train the model in ``path`` with ``cfg``'s settings.
 
-    Loading: parameters x bytes of ``model.dtype`` (half a byte under a 4-bit method).
-    Training: full fine-tuning adds gradients and two AdamW states in float32 (about 12
-    more bytes per parameter); adapters add ~10%. Activations: batch x length x hidden x
-    layers x 34 bytes (no gradient checkpointing). A rough bound, meant to warn, not to block.
+    Everything about the method comes from its descriptor: loading takes parameters x bytes
+    of ``model.dtype``, or ``method.base_bits / 8`` when the method holds the base quantized
+    (QLoRA: half a byte). Training adds, for the share of parameters that train
+    (``method.share``: 1.0 for ``kind=full``...), their gradient and two AdamW states in
+    float32 (12 bytes each), plus activations: batch x length x hidden x layers x 34 bytes (no
+    gradient checkpointing). A rough bound, meant to warn, not to block.
+
+    Args:
+        path: a model folder (:func:`check_model_dir` passed).
+        cfg: the run config (``model.dtype``, ``data.batch_size``, ``data.max_length``,
+            ``trainer.accelerator``).
+        method: the run's method descriptor (``run.plugins.describe("method", name)``).
+            ``None``: :data:`CONSERVATIVE_METHOD`, as if every weight trained.
     """
+    method = method if isinstance(method, Method) else CONSERVATIVE_METHOD
     config = _read_config_json(path)
     params, stored = count_weights(path)
     dtype = str(cfg.model.get("dtype") or "float32").lower()
-    per_param = {"float32": 4, "fp32": 4}.get(dtype, 2)
+    per_param: float = {"float32": 4, "fp32": 4}.get(dtype, 2)
     if dtype == "auto":
         per_param = max(1, round(stored / max(params, 1)))
-    method_cfg = cfg.get("method") or {}
-    method = str(method_cfg.get("name", "full"))
-    if "qlora" in method or method_cfg.get("load_in_4bit"):
-        per_param = 0.5
+    if method.base_bits:
+        per_param = method.base_bits / 8
     load = int(params * per_param)
-    train = load + (params * 12 if method == "full" else int(load * 0.1))
+    train = load + int(params * method.share * OPTIMIZER_BYTES)
     data = cfg.get("data") or {}
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
     layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
@@ -294,10 +327,19 @@ def estimate_memory(path: Path, cfg: DictConfig) -> MemoryEstimate:
 _warned: set[str] = set()
 
 
-def warn_if_too_large(path: Path, cfg: DictConfig) -> MemoryEstimate | None:
-    """Log a warning with the numbers when the model will likely not fit; once per folder."""
+def warn_if_too_large(
+    path: Path, cfg: DictConfig, method: Method | None = None
+) -> MemoryEstimate | None:
+    """Log a warning with the numbers when the model will likely not fit; once per folder.
+
+    Args:
+        path: the model folder.
+        cfg: the run config.
+        method: the run's method descriptor (see :func:`estimate_memory`; ``None``: the
+            conservative default).
+    """
     try:
-        est = estimate_memory(path, cfg)
+        est = estimate_memory(path, cfg, method)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - an estimate must never stop a run
@@ -306,12 +348,21 @@ def warn_if_too_large(path: Path, cfg: DictConfig) -> MemoryEstimate | None:
     key = str(Path(path).resolve())
     if not est.fits() and key not in _warned:
         _warned.add(key)
-        method = str((cfg.get("method") or {}).get("name", "full"))
+        name = str((cfg.get("method") or {}).get("name", "?"))
+        if not isinstance(method, Method):
+            name += " (no method descriptor given: estimated as if every weight trained)"
+        advice = "model.dtype=bfloat16; a smaller data.batch_size or data.max_length; or a "
+        advice += "smaller model."
+        if not isinstance(method, Method) or method.kind != "adapter":
+            advice = "an adapter method (method=lora) instead of training the base weights; " + (
+                advice
+            )
+        elif not method.base_bits:
+            advice = "a quantized base (method=qlora); " + advice
         log.warning(
-            "This model will likely not fit in memory: %s.\n  To need less: method=lora instead "
-            "of full fine-tuning; model.dtype=bfloat16; a smaller data.batch_size or "
-            "data.max_length; or a smaller model.",
-            est.describe(method),
+            "This model will likely not fit in memory: %s.\n  To need less: %s",
+            est.describe(name),
+            advice,
         )
     return est
 
@@ -363,13 +414,14 @@ def load_pretrained(path: Path, cfg: DictConfig, **extra: Any) -> tuple[Any, Any
 
     Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained``, on top of those
     the run's method asked for through :func:`method_load_kwargs` (e.g. the 4-bit
-    quantization config of ``method=qlora``).
+    quantization config of ``method=qlora``). The memory warning reads the method descriptor
+    given there (none outside :meth:`framework.run.Run.build_base`: the conservative default).
 
     Raises:
         ModelError: the folder is not a usable model, or loading it failed.
     """
     path = check_model_dir(path)
-    warn_if_too_large(path, cfg)
+    warn_if_too_large(path, cfg, _METHOD.get())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_cfg = cfg.model

@@ -201,10 +201,8 @@ def load_chat_model(run: Run) -> tuple[Any, Any, str]:
         elif (path / "config.json").is_file():
             model, tokenizer = _load_hf_folder(path, dtype)
             model_id = path.name
-            if path.name in {"merged", "adapter"}:  # export/<fmt> of a run: name it after the run
-                cfg_path = path / EXPORT_CONFIG
-                if cfg_path.is_file():
-                    model_id = str(saved_config(cfg_path).get("run_name") or path.name)
+            if (path / EXPORT_CONFIG).is_file():  # an export of a run: name it after the run
+                model_id = str(saved_config(path / EXPORT_CONFIG).get("run_name") or path.name)
         elif (path / "config.yaml").is_file() and (path / "artifact").is_dir():
             source = run_for(saved_config(path / "config.yaml"), path, run)
             model, tokenizer = source.load_tuned()

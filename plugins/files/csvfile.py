@@ -8,13 +8,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import FileType, hookimpl
 from plugins.files.readers import read_csv_records
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"file": [".csv", ".tsv"]}
+def tunesmith_provides() -> list[FileType]:
+    return [
+        FileType(".csv", description="comma-separated values with a header row"),
+        FileType(".tsv", description="tab-separated values with a header row"),
+    ]
 
 
 @hookimpl

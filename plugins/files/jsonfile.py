@@ -11,13 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from framework import hookimpl
+from framework import FileType, hookimpl
 from plugins.files.readers import read_json_records, read_jsonl_records
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"file": [".jsonl", ".json"]}
+def tunesmith_provides() -> list[FileType]:
+    return [
+        FileType(".jsonl", description="JSON lines: one record per line"),
+        FileType(".json", description="a JSON array or object of records (or JSON lines)"),
+    ]
 
 
 @hookimpl

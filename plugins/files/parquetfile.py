@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from framework import hookimpl
+from framework import FileType, hookimpl
 from plugins.files.readers import read_parquet_records
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"file": [".parquet"]}
+def tunesmith_provides() -> list[FileType]:
+    return [FileType(".parquet", description="Apache Parquet, one record per row (pyarrow)")]
 
 
 @hookimpl

@@ -10,14 +10,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import DataFormat, hookimpl
 from framework.data.records import column, list_field, require_object, text_field
 from framework.errors import RecordError
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"format": ["alpaca"]}
+def tunesmith_provides() -> list[DataFormat]:
+    return [
+        DataFormat(
+            "alpaca",
+            produces="chat",
+            description="instruction / input / output records (+ system, history)",
+        )
+    ]
 
 
 def _history(record: Any, columns: Any) -> list[dict[str, str]]:

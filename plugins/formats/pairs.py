@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import DataFormat, hookimpl
 from framework.data.records import (
     check_turn_order,
     column,
@@ -25,8 +25,12 @@ from framework.errors import RecordError
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"format": ["pairs"]}
+def tunesmith_provides() -> list[DataFormat]:
+    return [
+        DataFormat(
+            "pairs", produces="pair", description="preference pairs: prompt, chosen, rejected"
+        )
+    ]
 
 
 def _answer(record: Mapping, columns: Any, key: str, roles: Any) -> str:

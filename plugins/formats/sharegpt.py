@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import DataFormat, hookimpl
 from framework.data.records import (
     check_turn_order,
     column,
@@ -24,8 +24,14 @@ from framework.errors import RecordError
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"format": ["sharegpt"]}
+def tunesmith_provides() -> list[DataFormat]:
+    return [
+        DataFormat(
+            "sharegpt",
+            produces="chat",
+            description="conversations: messages (role/content) or ShareGPT's from/value",
+        )
+    ]
 
 
 @hookimpl

@@ -6,13 +6,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import DataFormat, hookimpl
 from framework.data.records import require_object, text_field
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"format": ["text"]}
+def tunesmith_provides() -> list[DataFormat]:
+    return [
+        DataFormat(
+            "text",
+            produces="text",
+            description="plain text for continued pre-training: one text field",
+        )
+    ]
 
 
 @hookimpl

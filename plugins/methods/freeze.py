@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from framework.model.loading import load_pretrained, save_model
 from plugins.methods.freezing import select_trainable
 
@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [
+        Method(
+            NAME,
+            kind="partial",
+            description="only the chosen blocks or modules train; the whole model is saved",
+        )
+    ]
 
 
 @hookimpl

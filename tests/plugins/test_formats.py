@@ -283,3 +283,23 @@ def test_text_that_cannot_be_trained_on_is_rejected(text, message) -> None:
     with pytest.raises(RecordError) as err:
         check_text({"messages": [{"role": "user", "content": text}], "_source": "f:1"})
     assert (err.value.reason, err.value.message) == ("bad_text", message)
+
+
+#: A valid record of each in-tree shape.
+RECORDS = {
+    "alpaca": {"instruction": "Add.", "input": "2 + 3", "output": "5"},
+    "sharegpt": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+    "text": {"text": "Some text."},
+    "pairs": {"prompt": "2 + 2?", "chosen": "4", "rejected": "5"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", sorted(RECORDS))
+def test_each_shape_declares_what_it_produces_and_produces_it(pm, fmt: str) -> None:
+    from framework import DataFormat
+
+    info = pm.describe("format", fmt)
+    assert isinstance(info, DataFormat) and info.description
+    example = parse(pm, fmt, RECORDS[fmt])
+    produced = {"chat": {"messages"}, "text": {"text"}, "pair": {"messages", "rejected"}}
+    assert set(example) == produced[info.produces]

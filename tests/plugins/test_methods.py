@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from framework import Method
 from framework.errors import ConfigError
+from framework.manager import build_plugin_manager
 from tests.conftest import TINY, run_cli
 from tests.helpers import batch_of, fit, mean_loss, reload
 
@@ -30,7 +32,13 @@ METHODS: dict[str, tuple[str, ...]] = {
     "prompt_tuning": ("optim.lr=5e-2", "method.num_virtual_tokens=4"),
     "prefix_tuning": ("optim.lr=3e-2", "method.num_virtual_tokens=4"),
 }
-ADAPTERS = {"lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning"}
+
+
+def declared(method: str) -> Method:
+    """The in-tree method's descriptor."""
+    info = build_plugin_manager(entry_points=False).describe("method", method)
+    assert isinstance(info, Method), f"{method} declares no Method"
+    return info
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -52,7 +60,8 @@ def test_method_trains_lowers_the_loss_and_reloads_to_the_same_outputs(
 
     # what was saved: an adapter for adapter methods, a whole model for full and freeze
     artifact = run.artifact_dir
-    if method in ADAPTERS:
+    kind = declared(method).kind
+    if kind == "adapter":
         assert (artifact / "adapter_config.json").is_file()
         assert not (artifact / "model.safetensors").exists()
     else:
@@ -80,7 +89,42 @@ def test_method_trains_lowers_the_loss_and_reloads_to_the_same_outputs(
     summary = json.loads((run.dir / "train_summary.json").read_text())
     assert summary["method"] == method and summary["status"] == "finished"
     assert 0 < summary["trainable"] <= summary["total"]
-    assert (summary["trainable"] == summary["total"]) == (method == "full")
+    assert (summary["trainable"] == summary["total"]) == (kind == "full")
+
+
+def test_every_method_declares_its_kind() -> None:
+    pm = build_plugin_manager(entry_points=False)
+    assert set(METHODS) <= set(pm.names("method"))
+    kinds = {name: declared(name).kind for name in METHODS}
+    assert kinds["full"] == "full" and kinds["freeze"] == "partial"
+    assert {n for n, k in kinds.items() if k == "adapter"} == set(METHODS) - {"full", "freeze"}
+    assert declared("qlora").base_bits == 4
+    assert all(declared(n).base_bits is None for n in METHODS if n != "qlora")
+    assert all(declared(n).description for n in METHODS)
+
+
+def test_memory_estimate_reads_the_method_descriptor(tmp_path: Path) -> None:
+    """Quantized base: less to load; every weight training: more to train; undeclared: the
+    conservative estimate of full fine-tuning."""
+    from framework.model.loading import estimate_memory
+    from plugins.models.tiny import build
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=tiny"])
+    folder = build(tmp_path / "tiny", dict(cfg.model.architecture))
+    est = {
+        n: estimate_memory(folder, cfg, declared(n)) for n in ("lora", "qlora", "full", "freeze")
+    }
+    unknown = estimate_memory(folder, cfg, None)
+    assert est["qlora"].load_bytes == pytest.approx(
+        est["lora"].load_bytes / 8, abs=1
+    )  # 4 vs 32 bits
+    assert est["qlora"].train_bytes < est["lora"].train_bytes
+    assert est["lora"].train_bytes < est["freeze"].train_bytes < est["full"].train_bytes
+    assert unknown.train_bytes == est["full"].train_bytes
+    # a plugin declaring its share of trainable parameters is estimated with it
+    tiny_share = Method("x", kind="partial", trainable_share=0.0)
+    assert estimate_memory(folder, cfg, tiny_share).train_bytes < est["lora"].train_bytes
 
 
 def test_lora_options_from_the_command_line_reach_peft(make_cfg, alpaca_file: Path) -> None:
