@@ -77,10 +77,14 @@ class Stage(Provided):
             plugin runs it from its ``tunesmith_run_stage`` hook instead (the old contract).
         session: the stage uses a finished run without changing it (``chat``, ``serve``):
             not recorded in the run state, runs again every time it is asked for.
+        uses: the stage keys whose configured names the stage reads (``file``, ``format``,
+            ``objective``, ``model``, ``method``, ``metric``, ``export``): a run checks
+            those names at start-up, before any stage runs.
     """
 
     run: Callable[[Any], Any] | None = None
     session: bool = False
+    uses: tuple[str, ...] = ()
     key: ClassVar[str] = "stage"
 
 

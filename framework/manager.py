@@ -12,20 +12,29 @@ name, or the module path for in-tree and ``cfg.plugins`` modules).
 What each plugin serves comes from its ``tunesmith_provides`` descriptors
 (:mod:`framework.descriptors`); the manager keeps them per stage key, and the core asks
 :meth:`TunesmithPluginManager.describe` instead of guessing from a name. A broken in-tree or
-installed plugin (import error, unknown hook, bad signature, bad descriptors) is reported and
-left out; the rest keeps working. A module named in ``cfg.plugins`` was asked for explicitly:
-anything wrong with it is an error.
+installed plugin (import error, unknown hook, bad signature, a ``tunesmith_*`` function
+without ``@hookimpl``, bad descriptors) is reported and left out; the rest keeps working. A
+module named in ``cfg.plugins`` was asked for explicitly: anything wrong with it is an error.
+
+:meth:`TunesmithPluginManager.require_all` checks every name a run picks at once (the
+pipeline calls it at start-up); :meth:`TunesmithPluginManager.file_type` picks a data
+file's type by its longest registered suffix; :meth:`TunesmithPluginManager.code_digest`
+hashes the code (packages and versions) behind some hooks, for cache keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -197,6 +206,119 @@ class TunesmithPluginManager:
             hint=f"pick one of the names above, or install/list a plugin that serves '{name}'.",
         )
 
+    def require_all(self, wanted: Iterable[tuple[str, str, str]]) -> None:
+        """Check many names at once; one :class:`ConfigError` lists every name nobody serves.
+
+        Args:
+            wanted: ``(stage key, name, config key)`` triples, e.g.
+                ``("metric", "wer", "evaluator.metrics[1]")``. A ``file`` name is a file
+                name (or path): it is served when a registered :class:`FileType` suffix
+                ends it (see :meth:`file_type`).
+
+        Raises:
+            ConfigError: one name is not served (the full message of :meth:`require`), or
+                several are (one line each, with near matches and disabled plugins).
+        """
+        problems: list[tuple[str, str, ConfigError]] = []
+        seen: set[tuple[str, str]] = set()
+        for stage, name, where in wanted:
+            if (stage, name) in seen:
+                continue
+            seen.add((stage, name))
+            try:
+                if stage == "file":
+                    self.require_file(name, where=where)
+                else:
+                    self.require(stage, name)
+            except ConfigError as exc:
+                problems.append((stage, where, exc))
+        if not problems:
+            return
+        if len(problems) == 1:
+            _, where, exc = problems[0]
+            raise ConfigError(exc.what, where=where, hint=exc.hint)
+        lines = []
+        for stage, where, exc in problems:
+            first = exc.what.splitlines()[0]
+            served = ", ".join(self.names(stage)) or "(none)"
+            lines.append(f"  - {where}: {first} (served: {served})")
+        raise ConfigError(
+            f"{len(problems)} names in the config are not served by any plugin "
+            "(nothing was run):\n" + "\n".join(lines),
+            where=", ".join(where for _, where, _ in problems),
+            hint="fix the names above; `python run.py plugins` lists every served name and "
+            "the plugin serving it.",
+        )
+
+    def file_type(self, filename: str | Path) -> str | None:
+        """The :class:`FileType` that reads ``filename``: the longest registered suffix the
+        file name ends with (``.qa.txt`` before ``.txt``; case does not matter), or ``None``."""
+        return _longest_suffix(Path(str(filename)).name, self.served.get("file", {}))
+
+    def require_file(self, filename: str | Path, where: str = "data.path") -> str:
+        """The file type of ``filename`` (:meth:`file_type`); a :class:`ConfigError` when
+        no plugin reads such files (naming the disabled plugin that would)."""
+        found = self.file_type(filename)
+        if found is not None:
+            return found
+        name = Path(str(filename)).name
+        off = {
+            suffix
+            for plugin in self.disabled_loaders
+            for key, suffix in self._served_by(plugin)
+            if key == "file"
+        }
+        suffix = _longest_suffix(name, off)
+        if suffix is not None:
+            self.require("file", suffix)  # raises: names the disabled plugin
+        last = Path(name).suffix
+        served = self.names("file")
+        raise ConfigError(
+            f"No plugin reads files like '{name}' "
+            f"({f'suffix {last}' if last else 'no suffix'}).{did_you_mean(last, served)}",
+            where=where,
+            hint=f"give a file with one of the suffixes {', '.join(served) or '(none)'}, or "
+            "install a plugin whose tunesmith_provides declares FileType('<suffix>').",
+        )
+
+    def code_digest(self, hooks: Iterable[str], modules: Iterable[str] = ()) -> str:
+        """A hash of the code behind ``hooks``, for cache keys.
+
+        For every plugin implementing one of ``hooks``: the name and version of the
+        distribution it was installed with (if any), and the source of every ``.py`` file
+        of its package -- the top-level package of an installed or ``cfg.plugins`` plugin,
+        the subpackage of an in-tree one (``plugins/formats/`` for
+        ``plugins.formats.alpaca``) -- so editing a helper module the hook implementation
+        imports changes the digest too. ``modules`` names further modules to hash (the
+        core modules the stage itself uses); each is read from its file, imported or not.
+
+        Args:
+            hooks: hook names (``tunesmith_encode_example``...).
+            modules: dotted module names.
+
+        Returns:
+            A hex digest.
+        """
+        parts: dict[str, str] = {}
+        for hook_name in sorted(set(hooks)):
+            caller = getattr(self.pm.hook, hook_name, None)
+            if caller is None:
+                continue
+            for impl in caller.get_hookimpls():
+                dist = self.dists.get(impl.plugin_name)
+                label = f"dist {dist.metadata['Name']} {dist.version}" if dist else ""
+                package, digest = _package_digest(impl.plugin)
+                parts[f"package {package}"] = digest
+                if label:
+                    parts[f"dist {impl.plugin_name}"] = label
+        for module in sorted(set(modules)):
+            path = _module_file(module)
+            parts[f"module {module}"] = _file_text(path) if path else module
+        h = hashlib.sha256()
+        for key in sorted(parts):
+            h.update(f"{key}\0{parts[key]}\0".encode())
+        return h.hexdigest()
+
     def _served_by(self, plugin: str) -> set[tuple[str, str]]:
         """What the disabled ``plugin`` would serve (loaded on demand, never registered)."""
         try:
@@ -204,6 +326,63 @@ class TunesmithPluginManager:
             return {(stage_key(d), d.name) for d in _descriptors_of(module)}
         except Exception:  # a disabled plugin may well be broken: that is why it is off
             return set()
+
+
+def _longest_suffix(filename: str, suffixes: Iterable[str]) -> str | None:
+    lowered = filename.lower()
+    matching = [s for s in suffixes if s and lowered.endswith(s.lower()) and len(s) < len(lowered)]
+    return max(matching, key=len, default=None)
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of the module ``name`` (without importing it), or ``None``."""
+    module = sys.modules.get(name)
+    origin = getattr(module, "__file__", None) if module is not None else None
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = spec.origin if spec is not None else None
+    if not origin or not str(origin).endswith(".py"):
+        return None
+    return Path(origin)
+
+
+def _file_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"<unreadable {path}>"
+
+
+def _package_digest(plugin: object) -> tuple[str, str]:
+    """``(package, digest of the source of every .py file in it)`` for ``plugin``'s package.
+
+    The package is the plugin module's top-level package; for an in-tree plugin
+    (``plugins.<sub>.<module>``) the subpackage ``plugins.<sub>``. A plugin module outside
+    any package (or ``plugins.<module>``) stands alone: its own file.
+    """
+    modname = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+    parts = modname.split(".")
+    top = ".".join(parts[:2]) if parts[0] == "plugins" else parts[0]
+    package = sys.modules.get(top)
+    if package is None:
+        try:
+            package = importlib.import_module(top)
+        except Exception:  # cannot happen for a registered plugin; hash what we have
+            package = None
+    roots = [Path(p) for p in getattr(package, "__path__", [])] if package is not None else []
+    h = hashlib.sha256()
+    if not roots:  # a plain module (or a package we could not look into): its own file
+        own = _module_file(modname)
+        h.update((_file_text(own) if own else modname).encode())
+        return modname, h.hexdigest()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                h.update(f"{path.relative_to(root).as_posix()}\0{_file_text(path)}\0".encode())
+    return top, h.hexdigest()
 
 
 def _package_of(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
@@ -236,13 +415,25 @@ def check_plugin(plugin: object) -> None:
 
     Raises:
         PluginLoadError: an implementation names a hook that does not exist (with the
-            nearest real hook), or takes an argument its hook does not pass.
+            nearest real hook), takes an argument its hook does not pass, or is a
+            ``tunesmith_*`` function of the module without ``@hookimpl`` (pluggy would
+            silently ignore it).
     """
-    import inspect
-
+    module_name = getattr(plugin, "__name__", None)
     for attr in dir(plugin):
         func = getattr(plugin, attr, None)
-        if not callable(func) or getattr(func, _IMPL_ATTR, None) is None:
+        if not callable(func):
+            continue
+        if getattr(func, _IMPL_ATTR, None) is None:
+            if (
+                attr.startswith(f"{PROJECT_NAME}_")
+                and inspect.isfunction(func)
+                and func.__module__ == module_name
+            ):
+                raise PluginLoadError(
+                    f"it defines '{attr}' without @hookimpl, so it would never be called "
+                    "(decorate it: from framework import hookimpl)."
+                )
             continue
         hook_name = (getattr(func, _IMPL_ATTR) or {}).get("specname") or attr
         if hook_name not in _SPEC_NAMES:
@@ -270,10 +461,20 @@ def check_plugin(plugin: object) -> None:
 
 
 def _descriptors_of(plugin: object) -> list[Provided]:
+    """What ``plugin``'s ``tunesmith_provides`` declares.
+
+    Raises:
+        PluginLoadError: it raised, or returned something that is not descriptors.
+    """
     provides = getattr(plugin, "tunesmith_provides", None)
     if provides is None or getattr(provides, _IMPL_ATTR, None) is None:
         return []
-    return as_descriptors(provides())
+    try:
+        return as_descriptors(provides())
+    except Exception as exc:
+        raise PluginLoadError(
+            f"its tunesmith_provides failed: {type(exc).__name__}: {exc}".rstrip(".") + "."
+        ) from exc
 
 
 class _Loader:
@@ -302,14 +503,16 @@ class _Loader:
     ) -> bool:
         """Check, register and read the descriptors of ``plugin``; ``False`` if left out."""
         manager = self.manager
+        if manager.pm.is_registered(plugin):  # e.g. cfg.plugins names an installed plugin
+            log.debug(
+                "plugin '%s' is already registered as '%s'", name, manager.pm.get_name(plugin)
+            )
+            return False
         try:
             check_plugin(plugin)
             infos = _descriptors_of(plugin)
             manager.pm.register(plugin, name=name)
-        except (PluginLoadError, pluggy.PluginValidationError, TypeError, ValueError) as exc:
-            self.fail(name, source, dist, exc, strict)
-            return False
-        except Exception as exc:  # tunesmith_provides itself raised
+        except Exception as exc:  # whatever is wrong with it, the rest keeps working
             self.fail(name, source, dist, exc, strict)
             return False
         manager.dists[name] = dist
@@ -329,6 +532,9 @@ class _Loader:
         strict: bool,
     ) -> None:
         what = str(exc) if isinstance(exc, PluginLoadError) else f"{type(exc).__name__}: {exc}"
+        what = what.strip()
+        if not what.endswith((".", "?")):
+            what += "."
         origin = f"entry point '{name} = {source}'" if dist is not None else f"module '{source}'"
         package = f" of {dist.metadata['Name']} {dist.version}" if dist is not None else ""
         if strict:
@@ -374,7 +580,7 @@ def build_plugin_manager(
             continue
         try:
             plugin = importlib.import_module(modname)
-        except Exception as exc:  # e.g. an optional dependency is missing: the rest still works
+        except (Exception, SystemExit) as exc:  # e.g. a missing optional dependency
             loader.fail(modname, modname, None, exc, strict=False)
             continue
         loader.add(modname, plugin, modname, None, strict=False)
@@ -387,7 +593,7 @@ def build_plugin_manager(
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not take the rest down
+            except (Exception, SystemExit) as exc:  # must not take the rest down
                 loader.fail(ep.name, ep.value, ep.dist, exc, strict=False)
                 continue
             loader.add(ep.name, plugin, ep.value, ep.dist, strict=False)
@@ -400,7 +606,7 @@ def build_plugin_manager(
             continue
         try:
             plugin = importlib.import_module(modname)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(
                 f"The plugin module '{modname}' could not be imported: {type(exc).__name__}: {exc}",
                 where="plugins (cfg.plugins)",

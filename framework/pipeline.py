@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from framework import library_logs
+from framework.descriptors import Stage
 from framework.distributed import EVERY_RANK_STAGES, is_global_zero
 from framework.errors import ConfigError, TunesmithError
 from framework.manager import build_plugin_manager
@@ -287,6 +288,113 @@ def _interruption(exc: BaseException) -> TunesmithError | None:
     )
 
 
+def objective_name(cfg: DictConfig) -> str | None:
+    """The objective's name: ``objective.name`` when the objective is a config group,
+    else ``objective`` itself."""
+    node = cfg.get("objective")
+    if node is None:
+        return None
+    if isinstance(node, DictConfig):
+        name = node.get("name")
+        return None if name is None else str(name)
+    return str(node)
+
+
+def _data_file_names(cfg: DictConfig) -> list[tuple[str, str]]:
+    """``(file, config key)`` for every data file a run reads, resolved as the prepare stage
+    resolves them; a path with a suffix that matches no file is given as written (the
+    prepare stage reports missing files)."""
+    from framework.data.prepare import resolve_files
+
+    data = cfg.get("data")
+    if data is None:
+        return []
+    specs: list[tuple[Any, str]] = []
+    sources = data.get("sources") or []
+    if sources:
+        specs += [
+            (
+                entry.get("path") if isinstance(entry, DictConfig) else None,
+                f"data.sources[{i}].path",
+            )
+            for i, entry in enumerate(sources)
+        ]
+    else:
+        specs.append((data.get("path"), "data.path"))
+    specs += [(data.get(f"{split}_path"), f"data.{split}_path") for split in ("val", "test")]
+    found: list[tuple[str, str]] = []
+    for spec, key in specs:
+        if spec is None or spec == "???":
+            continue
+        items = list(spec) if isinstance(spec, ListConfig | list | tuple) else [spec]
+        for item in items:
+            try:
+                found += [(str(f), key) for f in resolve_files(item, key=key)]
+            except TunesmithError:  # missing: the prepare stage says so, if it reads it
+                if Path(str(item)).suffix and not any(c in str(item) for c in "*?["):
+                    found.append((str(item), key))
+    return found
+
+
+def configured_names(cfg: DictConfig, keys: set[str]) -> list[tuple[str, str, str]]:
+    """The plugin names ``cfg`` picks for the stage ``keys``, as ``(stage key, name, config
+    key)`` triples (what :meth:`TunesmithPluginManager.require_all` checks)."""
+    wanted: list[tuple[str, str, str]] = []
+    if "file" in keys:
+        wanted += [("file", name, key) for name, key in _data_file_names(cfg)]
+    if "format" in keys and cfg.get("data") is not None:
+        sources = cfg.data.get("sources") or []
+        default = cfg.data.get("format")
+        for i, entry in enumerate(sources):
+            fmt = entry.get("format") if isinstance(entry, DictConfig) else None
+            if fmt is not None:
+                wanted.append(("format", str(fmt), f"data.sources[{i}].format"))
+        if default is not None and (
+            not sources
+            or any(not isinstance(e, DictConfig) or e.get("format") is None for e in sources)
+            or cfg.data.get("val_path")
+            or cfg.data.get("test_path")
+        ):
+            wanted.append(("format", str(default), "data.format"))
+    if "objective" in keys and (name := objective_name(cfg)) is not None:
+        wanted.append(("objective", name, "objective"))
+    for key, path in (("model", "model.name"), ("method", "method.name")):
+        if key in keys and (name := OmegaConf.select(cfg, path, default=None)) is not None:
+            wanted.append((key, str(name), path))
+    for key, path in (("metric", "evaluator.metrics"), ("export", "export.formats")):
+        if key in keys:
+            names = OmegaConf.select(cfg, path, default=None) or []
+            wanted += [(key, str(n), f"{path}[{i}]") for i, n in enumerate(names)]
+    return wanted
+
+
+def check_names(cfg: DictConfig, plugins: Any, stages: list[str]) -> None:
+    """Check, before any work, every plugin name the stages about to run will use.
+
+    The stage names first; then, for each stage, the names its :class:`~framework.Stage`
+    descriptor says it ``uses``: the data files' types (by suffix), ``data.format`` and
+    every ``data.sources[*].format``, ``objective``, ``model.name``, ``method.name``,
+    ``evaluator.metrics``, ``export.formats``. Names only stages that will not run read are
+    not checked (``stages=[prepare]`` does not look at ``evaluator.metrics``).
+
+    Raises:
+        ConfigError: one error listing every name that no plugin serves.
+    """
+    wanted = [("stage", stage, "stages") for stage in stages]
+    keys: set[str] = set()
+    for stage in stages:
+        info = plugins.describe("stage", stage)
+        if isinstance(info, Stage):
+            keys.update(info.uses)
+    if "metric" in keys and not OmegaConf.select(cfg, "evaluator.metrics", default=None):
+        raise ConfigError(
+            "No metric is selected.",
+            where="evaluator.metrics",
+            hint="e.g. evaluator.metrics=[perplexity,exact_match]",
+        )
+    plugins.require_all(wanted + configured_names(cfg, keys))
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the stages named in ``cfg.stages`` and return the run's metrics.
 
@@ -319,8 +427,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     stages = [str(s) for s in cfg.stages]
     if not stages:
         raise ConfigError("No stage to run.", where="stages", hint="e.g. stages=[prepare,train]")
-    for stage in stages:
-        plugins.require("stage", stage)
+    check_names(cfg, plugins, stages)
 
     sessions = plugins.sessions()
     # Session stages (chat, serve) use a run without changing it: they are not recorded in

@@ -34,11 +34,36 @@ def export(run: Run) -> None:
     export(run)
 
 
+#: The stage keys whose configured names each stage reads (checked at start-up). Train and
+#: evaluate prepare the data when it is not prepared yet.
+DATA = ("file", "format", "objective", "model")
+
+
 @hookimpl
 def tunesmith_provides() -> list[Stage]:
     return [
-        Stage("prepare", run=prepare, description="load, validate, clean, split and report data"),
-        Stage("train", run=train, description="apply the method and fit with lightning.Trainer"),
-        Stage("evaluate", run=evaluate, description="score base and tuned on the test split"),
-        Stage("export", run=export, description="write the formats in export.formats"),
+        Stage(
+            "prepare",
+            run=prepare,
+            uses=DATA,
+            description="load, validate, clean, split and report data",
+        ),
+        Stage(
+            "train",
+            run=train,
+            uses=(*DATA, "method"),
+            description="apply the method and fit with lightning.Trainer",
+        ),
+        Stage(
+            "evaluate",
+            run=evaluate,
+            uses=(*DATA, "method", "metric"),
+            description="score base and tuned on the test split",
+        ),
+        Stage(
+            "export",
+            run=export,
+            uses=("model", "method", "export"),
+            description="write the formats in export.formats",
+        ),
     ]

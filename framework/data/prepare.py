@@ -21,12 +21,10 @@ from __future__ import annotations
 import copy
 import glob
 import hashlib
-import inspect
 import json
 import logging
 import random
 import shutil
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,34 +275,19 @@ def _file_digest(path: Path) -> str:
 
 def _code_digest(run: Run) -> str:
     """A hash of the code that decides the prepared data: this package's data modules and
-    every plugin that reads files, parses records or encodes examples."""
-    modules = [
-        sys.modules[name]
-        for name in (
+    the packages of every plugin that reads files, parses records or encodes examples
+    (:meth:`framework.manager.TunesmithPluginManager.code_digest`)."""
+    digest = run.plugins.code_digest(
+        ("tunesmith_read_file", "tunesmith_parse_record", "tunesmith_encode_example"),
+        modules=(
             __name__,
             "framework.data.cleaning",
             "framework.data.records",
-            "plugins.files.readers",
             "framework.data.encoding",
             "framework.data.chat",
-        )
-        if name in sys.modules
-    ]
-    hooks = run.plugins.pm.hook
-    for caller in (
-        hooks.tunesmith_read_file,
-        hooks.tunesmith_parse_record,
-        hooks.tunesmith_encode_example,
-    ):
-        modules.extend(impl.plugin for impl in caller.get_hookimpls())
-    h = hashlib.sha256(f"prepare-v{PREPARE_VERSION}".encode())
-    for name in sorted({getattr(m, "__name__", repr(m)) for m in modules}):
-        module = next(m for m in modules if getattr(m, "__name__", repr(m)) == name)
-        try:
-            h.update(inspect.getsource(module).encode("utf-8"))
-        except (OSError, TypeError):
-            h.update(name.encode())
-    return h.hexdigest()
+        ),
+    )
+    return hashlib.sha256(f"prepare-v{PREPARE_VERSION}:{digest}".encode()).hexdigest()
 
 
 def fingerprint(run: Run, sources: list[Source]) -> str:
@@ -335,6 +318,37 @@ def fingerprint(run: Run, sources: list[Source]) -> str:
 # ----------------------------------------------------------------------------- load
 
 
+def read_file(run: Run, path: Path, cfg: DictConfig) -> Any:
+    """The raw records of ``path``, read by the plugin of its file type.
+
+    The file type is the longest registered :class:`~framework.FileType` suffix the file
+    name ends with (``.qa.txt`` before ``.txt``), the same rule as the start-up check; only
+    the plugins declaring it are asked. A file no plugin declares a type for is offered to
+    every ``tunesmith_read_file`` implementation (plugins written for the first contract).
+
+    Raises:
+        DataError: no plugin reads the file.
+    """
+    plugins = run.plugins
+    file_type = plugins.file_type(path)
+    if file_type is None:
+        records = run.hook.tunesmith_read_file(path=path, data_cfg=cfg)
+        readers = ""
+    else:
+        names = {p.plugin for p in plugins.providers("file", file_type)}
+        others = [plugin for name, plugin in plugins.pm.list_name_plugin() if name not in names]
+        caller = plugins.pm.subset_hook_caller("tunesmith_read_file", remove_plugins=others)
+        records = caller(path=path, data_cfg=cfg)
+        readers = f" (the plugins declaring {file_type}: {', '.join(sorted(names))})"
+    if records is None:
+        raise DataError(
+            f"No plugin reads files like '{path.name}'{readers}.",
+            where=str(path),
+            hint=f"supported suffixes: {', '.join(plugins.names('file'))}",
+        )
+    return records
+
+
 def load_source(run: Run, source: Source) -> tuple[list[dict], list[dict]]:
     """Read and validate every record of ``source``.
 
@@ -358,13 +372,7 @@ def load_source(run: Run, source: Source) -> tuple[list[dict], list[dict]]:
     examples: list[dict] = []
     rejects: list[dict] = []
     for path in source.files:
-        records = run.hook.tunesmith_read_file(path=path, data_cfg=cfg)
-        if records is None:
-            raise DataError(
-                f"No plugin reads files like '{path.name}'.",
-                where=str(path),
-                hint=f"supported suffixes: {', '.join(run.plugins.names('file'))}",
-            )
+        records = read_file(run, path, cfg)
         for line, record in records:
             where = f"{path}:{line}"
             try:

@@ -3,9 +3,10 @@
 The key is a hash of everything that decides the tokens: the examples (all their fields, in
 order), the objective, the ``data`` and ``model`` config (batching keys aside), the
 tokenizer (its vocabulary, merges, special tokens and chat template) and the source of the
-code that encodes (the modules implementing ``tunesmith_encode_example``, and
-``framework.data.chat`` / ``framework.data.encoding``). Entries live under ``data.cache_dir/encoded``
-and are used when ``data.cache`` is true, like the prepared-data cache.
+code that encodes (the packages of the plugins implementing ``tunesmith_encode_example``,
+with their distribution versions, and ``framework.data.chat`` / ``framework.data.encoding``).
+Entries live under ``data.cache_dir/encoded`` and are used when ``data.cache`` is true, like
+the prepared-data cache.
 
 Only rows made of ``input_ids`` and ``labels`` are cached; an objective that returns other
 keys is tokenised every run.
@@ -14,10 +15,8 @@ keys is tokenised every run.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +51,9 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 
 
 def _code_digest(plugins: Any) -> str:
-    modules = [sys.modules[m] for m in ("framework.data.chat", "framework.data.encoding") if m in sys.modules]
-    modules += [impl.plugin for impl in plugins.pm.hook.tunesmith_encode_example.get_hookimpls()]
-    h = hashlib.sha256()
-    for module in sorted(modules, key=lambda m: getattr(m, "__name__", repr(m))):
-        try:
-            h.update(inspect.getsource(module).encode("utf-8"))
-        except (OSError, TypeError):
-            h.update(getattr(module, "__name__", repr(module)).encode())
-    return h.hexdigest()
+    return plugins.code_digest(
+        ("tunesmith_encode_example",), modules=("framework.data.chat", "framework.data.encoding")
+    )
 
 
 def setup_digest(tokenizer: Any, cfg: DictConfig, plugins: Any) -> str:

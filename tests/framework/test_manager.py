@@ -86,13 +86,75 @@ def test_unimportable_cfg_plugin_is_a_clear_error() -> None:
         build_plugin_manager(extra=["no_such_module_xyz"], entry_points=False)
 
 
-def test_misspelled_hook_is_caught(tmp_path: Path, monkeypatch) -> None:
+def test_misspelled_hook_is_caught(tmp_path: Path, monkeypatch, caplog) -> None:
     (tmp_path / "ts_bad_hook.py").write_text(
         "from framework import hookimpl\n\n@hookimpl\ndef tunesmith_aply_method(name):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ConfigError, match="does not have"):
+    # named in cfg.plugins: asked for explicitly, so an error
+    with pytest.raises(ConfigError, match="Did you mean 'tunesmith_apply_method'"):
         build_plugin_manager(extra=["ts_bad_hook"], entry_points=False)
+    # installed (entry point): reported and skipped, everything else works
+    dist = tmp_path / "ts_bad_hook-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ts-bad-hook\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[tunesmith]\nbad = ts_bad_hook\n")
+    pm = build_plugin_manager()
+    assert "bad" in pm.failed and not pm.pm.has_plugin("bad")
+    assert "lora" in pm.names("method")
+    assert "Did you mean 'tunesmith_apply_method'" in pm.failed["bad"]
+    sys.modules.pop("ts_bad_hook", None)
+
+
+def test_a_name_of_a_disabled_plugin_says_which_plugin_is_disabled(monkeypatch) -> None:
+    monkeypatch.setenv("TUNESMITH_DISABLE_PLUGINS", "plugins.methods.dora")
+    pm = build_plugin_manager(entry_points=False)
+    with pytest.raises(ConfigError) as err:
+        pm.require("method", "dora")
+    text = str(err.value)
+    assert "served by the plugin plugins.methods.dora, which is disabled" in text
+    assert "TUNESMITH_DISABLE_PLUGINS=plugins.methods.dora" in text
+
+    monkeypatch.setenv("TUNESMITH_DISABLE_PLUGINS", "plugins.files.csvfile")
+    pm = build_plugin_manager(entry_points=False)
+    with pytest.raises(ConfigError, match="served by the plugin plugins.files.csvfile, which is"):
+        pm.require_file("data/table.csv")
+
+
+def test_require_all_lists_every_unserved_name_at_once() -> None:
+    pm = build_plugin_manager(entry_points=False)
+    with pytest.raises(ConfigError) as err:
+        pm.require_all(
+            [
+                ("method", "lora", "method.name"),
+                ("metric", "exact_macth", "evaluator.metrics[0]"),
+                ("export", "merge", "export.formats[0]"),
+                ("file", "data/train.jsnl", "data.path"),
+            ]
+        )
+    text = str(err.value)
+    assert "3 names in the config are not served" in text
+    assert "evaluator.metrics[0]: No plugin serves metric 'exact_macth'. Did you mean " in text
+    assert "'exact_match'" in text
+    assert "export.formats[0]: No plugin serves export 'merge'. Did you mean 'merged'?" in text
+    assert "data.path: No plugin reads files like 'train.jsnl'" in text
+    assert "Did you mean '.jsonl'?" in text
+
+
+def test_the_longest_registered_suffix_picks_the_file_type(tmp_path, monkeypatch) -> None:
+    (tmp_path / "ts_qa_files.py").write_text(
+        "from framework import FileType, hookimpl\n\n"
+        "@hookimpl\ndef tunesmith_provides():\n"
+        "    return [FileType('.txt'), FileType('.qa.txt')]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = build_plugin_manager(extra=["ts_qa_files"], entry_points=False)
+    assert pm.file_type("data/questions.QA.txt") == ".qa.txt"
+    assert pm.file_type("notes.txt") == ".txt"
+    assert pm.file_type("train.jsonl") == ".jsonl"
+    assert pm.file_type(".txt") is None  # a bare suffix is no file name
+    assert pm.file_type("README") is None
+    sys.modules.pop("ts_qa_files", None)
 
 
 def test_every_hookspec_has_a_docstring_with_its_result_policy() -> None:

@@ -268,7 +268,7 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_rest_still_work(
     assert "broken" in pm.failed and "not_a_module_anywhere" in pm.failed["broken"]
     assert {"lora", "full"} <= set(pm.names("method"))
     err = capsys.readouterr().err
-    assert "plugin 'broken' (ts_broken_plugin) failed to load" in err
+    assert "plugin 'broken' (entry point 'broken = ts_broken_plugin' of ts-broken 0.1)" in err
     assert "TUNESMITH_DISABLE_PLUGINS=broken" in err
     with pytest.raises(ConfigError, match="plugins that failed to load: broken"):
         pm.require("method", "nope")
