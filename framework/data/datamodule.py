@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 
 from framework.data import token_cache
 from framework.data.chat import IGNORE_INDEX
+from framework.data.packing import LengthGroupedSampler, pack_rows
 from framework.errors import ConfigError, DataError
 from framework.manager import TunesmithPluginManager
-from framework.data.packing import LengthGroupedSampler, pack_rows
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from framework.data.cleaning import (
     near_dedup,
     normalize,
 )
-from framework.errors import ConfigError, DataError, RecordError, did_you_mean
 from framework.data.records import check_text
+from framework.errors import ConfigError, DataError, RecordError, did_you_mean
 from framework.run import Run, atomic_path, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,33 @@ def test_listing_has_every_stage_and_the_in_tree_providers(capsys) -> None:
     )
     assert stages["method"]["config_key"] == "method.name"
     names = {n["name"]: n["providers"] for n in stages["model"]["names"]}
-    assert names["tiny"] == [{"plugin": "plugins.models.tiny", "package": "tunesmith (in-tree)"}]
+    [tiny] = names["tiny"]
+    assert (tiny["plugin"], tiny["package"]) == ("plugins.models.tiny", "tunesmith (in-tree)")
+    assert tiny["description"]
+
+
+def test_listing_shows_what_each_plugin_declared(capsys) -> None:
+    """Direction of metrics, kind of methods, options of objectives: read, not guessed."""
+    assert plugins_cli.main(["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    declared = {
+        (s["stage"], n["name"]): n["providers"][-1]["declared"]
+        for s in data["stages"]
+        for n in s["names"]
+    }
+    assert declared[("metric", "perplexity")]["higher_is_better"] is False
+    assert declared[("metric", "exact_match")]["higher_is_better"] is True
+    assert declared[("method", "qlora")] == {
+        "kind": "adapter",
+        "base_bits": 4,
+        "trainable_share": None,
+    }
+    assert declared[("method", "full")]["kind"] == "full"
+    assert "options" in declared[("objective", "sft")]
+    assert declared[("stage", "chat")]["session"] is True
+    assert plugins_cli.main([]) == 0
+    table = capsys.readouterr().out
+    assert "lower is better" in table and "kind=full" in table
 
 
 def test_cfg_plugins_module_is_listed_as_such(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -13,8 +13,15 @@ PLUGIN = "plugins=[tests.framework.session_plugin]"
 
 
 def test_chat_and_serve_are_session_stages() -> None:
-    served = build_plugin_manager().names("session")
-    assert served == ["chat", "serve"]
+    sessions = build_plugin_manager().sessions()
+    assert {"chat", "serve"} <= sessions
+    assert not {"prepare", "train", "evaluate", "export"} & sessions
+
+
+def test_a_first_contract_session_declaration_still_counts() -> None:
+    """``{"stage": [...], "session": [...]}`` (the first contract) marks a session stage."""
+    manager = build_plugin_manager(extra=["tests.framework.session_plugin"], entry_points=False)
+    assert "peek" in manager.sessions()
 
 
 def test_a_session_stage_leaves_the_run_alone_and_runs_every_time(
