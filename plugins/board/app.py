@@ -277,7 +277,6 @@ def serve(run: Any) -> None:
     app = create_app(settings, run.plugins, run.cfg)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
     server = uvicorn.Server(config)
-    server.config.setup_event_loop()
     import socket
 
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
