@@ -301,3 +301,21 @@ def tunesmith_run_end(run: Run, metrics: dict[str, Any]) -> None:
 
     Fan-out: every plugin is called; return values are ignored.
     """
+
+
+# --------------------------------------------------------------------------- board
+
+
+@hookspec
+def tunesmith_board_pages() -> list[Any] | None:
+    """Add pages to the board (``python run.py stages=[board]``, docs/board.md).
+
+    Called once when the board starts, before it serves anything.
+
+    Returns:
+        A list of pages: ``plugins.board.Page(path, title, router, nav=True, order=100)``
+        objects (or mappings with those keys), where ``router`` is a FastAPI ``APIRouter``
+        holding the page's routes, or a function ``build(board) -> APIRouter``. ``None``
+        when the plugin adds no page. Fan-out: every plugin's pages are served; two pages
+        with the same path are an error.
+    """

@@ -80,6 +80,7 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.methods.prompt_tuning",
     "plugins.methods.prefix_tuning",
     "plugins.methods.qlora",
+    "plugins.board",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

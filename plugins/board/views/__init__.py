@@ -1,0 +1,1 @@
+"""The board's own pages, each a :class:`plugins.board.pages.Page` with its router."""
