@@ -50,6 +50,7 @@ HARMLESS_KEYS = (
     "paths.",
     "plugins",
     "serve.",
+    "board.",
     "callbacks.",
     "logger.",
     "data.num_workers",
