@@ -69,7 +69,12 @@ def test_plugins_command_names_the_package_serving_each_name(installed: Path) ->
             "name": "example",
             "package": "tunesmith_example.conf",
             "dist": DIST,
-            "options": ["evaluator/token_f1", "method/last_layers"],
+            "options": [
+                "evaluator/token_f1",
+                "method/last_layers",
+                "objective/pairwise_dpo",
+                "objective/sft_label_smoothing",
+            ],
         }
     ]
 
