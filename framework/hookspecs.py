@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     from framework.descriptors import Provided
     from framework.evaluate.context import EvalContext
     from framework.run import Run
+    from framework.train.objective import LossContext
 
 # --------------------------------------------------------------------------- discovery
 
@@ -122,17 +123,49 @@ def tunesmith_encode_example(
 ) -> dict | None:
     """Tokenize one example for the training objective ``name``.
 
-    Called by the data module once per example before training (results are cached).
+    Called by the prepare stage (lengths, spot check) and by the data module once per
+    example before training (results are cached, see ``framework.data.token_cache``).
 
     Args:
-        name: the training objective (``cfg.objective``: ``sft``, ``pretrain``...).
+        name: the training objective (``cfg.objective.name``: ``sft``, ``pretrain``...); its
+            options are in ``cfg.objective``.
         example: an example as returned by :func:`tunesmith_parse_record`.
         tokenizer: the model's tokenizer.
         cfg: the whole run config.
 
     Returns:
         ``{"input_ids": list[int], "labels": list[int]}`` with ``-100`` where no loss is
-        taken. ``None`` when the plugin does not serve ``name``. First result wins.
+        taken, plus the fields the objective declares in ``Objective.batch_fields`` (e.g.
+        ``rejected_input_ids``: lists of ids are kept as int32 arrays like ``input_ids``, and
+        cached with them). An example whose labels are all ``-100`` is left out of
+        training. ``None`` when the plugin does not serve ``name``. First result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def tunesmith_collate(
+    name: str, rows: list[dict], pad_token_id: int, cfg: DictConfig
+) -> dict[str, Any] | None:
+    """Batch the encoded examples ``rows`` for the objective ``name``.
+
+    Called by the data loaders for every training and validation batch, before the default
+    collator. An objective whose examples carry more than ``input_ids``/``labels`` (a
+    preference pair: chosen and rejected) batches them here; ``framework.data.collate``
+    has helpers (``pad_ids``, ``pad_labels``). Such an objective should declare
+    ``packing=False`` (the default collator packs; this hook is on its own).
+
+    Args:
+        name: the training objective (``cfg.objective.name``).
+        rows: the examples of the batch as :func:`tunesmith_encode_example` returned them
+            (lists of ids as int32 arrays).
+        pad_token_id: the tokenizer's padding id.
+        cfg: the whole run config.
+
+    Returns:
+        The batch: a dict of tensors that must include ``num_tokens`` (the count of real,
+        non-pad tokens, for throughput); it is what ``tunesmith_compute_loss`` receives.
+        ``None``: the default collator (``input_ids``, ``labels``, ``attention_mask`` or
+        ``position_ids``, ``num_tokens``). First result wins.
     """
 
 
@@ -219,21 +252,28 @@ def tunesmith_load_method(name: str, base_model: Any, path: Path, cfg: DictConfi
 
 @hookspec(firstresult=True)
 def tunesmith_compute_loss(
-    name: str, model: Any, batch: dict[str, torch.Tensor], cfg: DictConfig
+    name: str, model: Any, batch: dict[str, torch.Tensor], cfg: DictConfig, ctx: LossContext
 ) -> torch.Tensor | None:
     """Compute the training loss of one batch for the objective ``name``.
 
     Called by the Lightning module at every training and validation step.
 
     Args:
-        name: ``cfg.objective``.
+        name: ``cfg.objective.name``.
         model: the model being trained.
-        batch: the collated batch: ``input_ids``, ``labels``, ``num_tokens`` and either
-            ``attention_mask`` (padded) or ``position_ids`` (``data.packing``: several
+        batch: the collated batch. By default: ``input_ids``, ``labels``, ``num_tokens`` and
+            either ``attention_mask`` (padded) or ``position_ids`` (``data.packing``: several
             examples per row, no mask). Run the model with
-            ``model(**framework.train.losses.model_inputs(batch))``, which keeps packed examples
-            apart; ``model(**batch)`` would not.
+            ``model(**framework.train.losses.model_inputs(batch))``, which keeps packed
+            examples apart; ``model(**batch)`` would not. An objective that batches its own
+            examples (:func:`tunesmith_collate`) gets what its hook returned.
         cfg: the whole run config.
+        ctx: a :class:`framework.train.objective.LossContext`: ``ctx.options`` (the
+            objective's options), ``ctx.step`` (the global step), ``ctx.training`` (train or
+            validation step), ``ctx.log(name, value)`` (log ``train/<name>`` per step or
+            ``val/<name>`` per validation pass) and ``ctx.reference()`` (a context manager
+            yielding a frozen reference model; only for objectives that declare
+            ``reference=True``). An implementation that does not name ``ctx`` does not get it.
 
     Returns:
         A scalar tensor. ``None`` when the plugin does not serve ``name``. First result wins.

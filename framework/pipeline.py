@@ -90,7 +90,13 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The dotted keys whose value differs between two resolved configs (harmless ones left out)."""
+    """The dotted keys whose value differs between two resolved configs (harmless ones left out).
+
+    A config saved before ``objective`` became a group (``objective: sft``) reads as
+    ``objective: {name: sft}``.
+    """
+    if isinstance(saved.get("objective"), str):
+        saved = {**saved, "objective": {"name": saved["objective"]}}
     old, new = _flatten(saved), _flatten(current)
     changed = []
     for key in sorted(set(old) | set(new)):

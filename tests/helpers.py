@@ -59,11 +59,10 @@ def batch_of(run: Run, split: str = "train", n: int = 8) -> dict[str, torch.Tens
 def mean_loss(model: Any, run: Run, split: str = "train") -> float:
     """The objective's loss of ``model`` over the whole of ``split``, in one batch."""
     from framework.data.datamodule import Collator
+    from framework.train.objective import compute_loss
 
     batch = Collator(run.tokenizer.pad_token_id)(encoded(run, split))
     model.eval()
     with torch.no_grad():
-        loss = run.hook.tunesmith_compute_loss(
-            name=str(run.cfg.objective), model=model, batch=batch, cfg=run.cfg
-        )
+        loss = compute_loss(run.plugins, model, batch, run.cfg)
     return float(loss)

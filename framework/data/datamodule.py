@@ -14,95 +14,35 @@ from torch.utils.data import DataLoader
 
 from framework.data import token_cache
 from framework.data.chat import IGNORE_INDEX
-from framework.data.packing import LengthGroupedSampler, pack_rows
+from framework.data.collate import Collator, ObjectiveCollate
+from framework.data.packing import LengthGroupedSampler
+from framework.descriptors import Objective
 from framework.errors import ConfigError, DataError
 from framework.manager import TunesmithPluginManager
+from framework.train.objective import describe_objective, objective_name
 
 log = logging.getLogger(__name__)
 
-
-class Collator:
-    """Collate encoded examples into a batch, padded or packed.
-
-    Every batch holds ``input_ids``, ``labels`` and ``num_tokens`` (the count of real,
-    non-pad tokens, computed here so that counting costs the training loop nothing). A
-    padded batch adds ``attention_mask`` (right padding to the longest example); a packed
-    batch adds ``position_ids`` instead, restarting at 0 for every example. A packed batch
-    has no ``attention_mask`` on purpose: given one, transformers would let the examples of
-    a row attend to each other.
-
-    Args:
-        pad_token_id: the id used for padding.
-        packing: pack the examples of the batch into rows (see :func:`pack_rows`).
-        pack_length: the most tokens a packed row may hold (a row is never shorter than the
-            longest example of the batch).
-    """
-
-    def __init__(self, pad_token_id: int, packing: bool = False, pack_length: int = 0) -> None:
-        self.pad_token_id = pad_token_id
-        self.packing = packing
-        self.pack_length = int(pack_length or 0)
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.pack(rows) if self.packing else self.pad(rows)
-
-    def pad(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """One example per row, right-padded to the longest."""
-        lengths = [len(r["input_ids"]) for r in rows]
-        width, n = max(lengths), len(rows)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, (r, k) in enumerate(zip(rows, lengths, strict=True)):
-            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
-            labels[i, :k] = torch.as_tensor(r["labels"])
-            attention_mask[i, :k] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "num_tokens": torch.tensor(sum(lengths)),
-        }
-
-    def pack(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Several examples per row, each with its own positions; rows right-padded.
-
-        The first label of every example is set to ``-100``: in a row it would otherwise
-        be the target of the previous example's last token. (Unpacked, the first label is
-        never a target either, so the loss is unchanged.) Pad tokens at the end of a row
-        continue the last example's positions; being after it, they cannot affect it.
-        """
-        lengths = [len(r["input_ids"]) for r in rows]
-        layout = pack_rows(lengths, max(self.pack_length, max(lengths)))
-        width = max(sum(lengths[i] for i in row) for row in layout)
-        n = len(layout)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        position_ids = torch.zeros((n, width), dtype=torch.long)
-        positions = torch.arange(width)
-        for r, row in enumerate(layout):
-            start = 0
-            for i in row:
-                k = lengths[i]
-                input_ids[r, start : start + k] = torch.as_tensor(rows[i]["input_ids"])
-                labels[r, start + 1 : start + k] = torch.as_tensor(rows[i]["labels"][1:])
-                position_ids[r, start : start + k] = positions[:k]
-                start += k
-            if start < width:  # the pad tail continues the last example's positions
-                last = position_ids[r, start - 1] + 1
-                position_ids[r, start:] = positions[: width - start] + last
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "labels": labels,
-            "num_tokens": torch.tensor(sum(lengths)),
-        }
+__all__ = ["Collator", "FineTuneDataModule"]  # Collator lives in framework.data.collate
 
 
-def _compact(key: str, value: Any) -> Any:
-    if key in ("input_ids", "labels") and isinstance(value, list | tuple):
+def _compact(key: str, value: Any, fields: tuple[str, ...] = ()) -> Any:
+    """``input_ids``/``labels`` (lists of ints) as int32 arrays, and the objective's declared
+    batch ``fields`` likewise (lists of ints as int32, of floats as float32)."""
+    if not isinstance(value, list | tuple):
+        return value
+    if key in ("input_ids", "labels"):
         return np.asarray(value, dtype=np.int32)
-    return value
+    if key not in fields:
+        return value
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        return value
+    if arr.dtype.kind in "iu" or arr.size == 0:
+        return arr.astype(np.int32)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    return arr if arr.dtype.kind == "b" else value
 
 
 class FineTuneDataModule(pl.LightningDataModule):
@@ -120,26 +60,35 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.tokenizer: Any = None
         self.plugins: TunesmithPluginManager | None = None
         self._setup_digest: str | None = None
+        self._objective: Objective | None = None
 
     def connect(self, tokenizer: Any, plugins: TunesmithPluginManager) -> None:
         self.tokenizer = tokenizer
         self.plugins = plugins
 
+    @property
+    def objective(self) -> Objective:
+        """What the objective declared (its batch fields, whether it may be packed...)."""
+        if self._objective is None:
+            assert self.plugins is not None, "call connect() first"
+            self._objective = describe_objective(self.cfg, self.plugins)
+        return self._objective
+
     def encode(self, split: str) -> list[dict]:
         """Tokenise ``split`` once (cached) through the objective's encode hook.
 
         Token ids and labels are kept as int32 arrays: a quarter of the memory of Python
-        lists, and batches are built from them by a copy, not element by element. With
-        ``data.cache`` on, a split tokenised before under the same settings is read back
-        from ``data.cache_dir/encoded`` (see :mod:`framework.data.token_cache`).
+        lists, and batches are built from them by a copy, not element by element; so are the
+        fields the objective declares in ``Objective.batch_fields``. With ``data.cache`` on,
+        a split tokenised before under the same settings is read back from
+        ``data.cache_dir/encoded`` (see :mod:`framework.data.token_cache`).
         """
         if split not in self.encoded:
             assert self.plugins is not None, "call connect() first"
-            name = str(self.cfg.objective)
-            self.plugins.require("objective", name)
+            name, fields = self.objective.name, tuple(self.objective.batch_fields)
             examples = self.splits.get(split, [])
             path = self._cache_path(examples)
-            rows = token_cache.load(path) if path is not None else None
+            rows = token_cache.load(path, fields) if path is not None else None
             if rows is None:
                 rows = []
                 for ex in examples:
@@ -147,9 +96,9 @@ class FineTuneDataModule(pl.LightningDataModule):
                         name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg
                     )
                     if enc is not None and max(enc["labels"], default=IGNORE_INDEX) > IGNORE_INDEX:
-                        rows.append({k: _compact(k, v) for k, v in enc.items()})
+                        rows.append({k: _compact(k, v, fields) for k, v in enc.items()})
                 if path is not None:
-                    token_cache.save(path, rows)
+                    token_cache.save(path, rows, fields)
             self.encoded[split] = rows
         return self.encoded[split]
 
@@ -158,7 +107,9 @@ class FineTuneDataModule(pl.LightningDataModule):
         if directory is None or not examples:
             return None
         if self._setup_digest is None:
-            self._setup_digest = token_cache.setup_digest(self.tokenizer, self.cfg, self.plugins)
+            self._setup_digest = token_cache.setup_digest(
+                self.tokenizer, self.cfg, self.plugins, self.objective.batch_fields
+            )
         return directory / f"{token_cache.cache_key(examples, self._setup_digest)}.npz"
 
     def setup(self, stage: str | None = None) -> None:
@@ -173,8 +124,9 @@ class FineTuneDataModule(pl.LightningDataModule):
     def packing_for(self, model: Any) -> bool:
         """Whether training batches are packed, from ``data.packing`` and ``model``.
 
-        ``auto`` packs when the model keeps packed examples apart (checked once with a tiny
-        forward pass) and pads otherwise (PEFT prompt learning, some remote-code models);
+        ``auto`` packs when the objective allows it (``Objective.packing``) and the model
+        keeps packed examples apart (checked once with a tiny forward pass), and pads
+        otherwise (PEFT prompt learning, some remote-code models, a pairwise objective);
         ``true`` packs or stops with a clear error; ``false`` pads.
         """
         value = self.cfg.data.get("packing", False)
@@ -186,6 +138,17 @@ class FineTuneDataModule(pl.LightningDataModule):
             )
         if not value:
             return False
+        if self.plugins is not None and not self.objective.packing:
+            name = self.objective.name
+            if value == "auto":
+                log.info("data.packing=auto: batches are padded (objective %s is not packed)", name)
+                return False
+            raise ConfigError(
+                f"data.packing=true, but the objective '{name}' cannot be trained on packed "
+                "batches (its plugin declares packing=False).",
+                where=f"data.packing=true, objective={name}",
+                hint="set data.packing=auto (pads for this objective) or data.packing=false.",
+            )
         if model is None:
             return value is True
         from framework.train.losses import packing_supported
@@ -215,6 +178,18 @@ class FineTuneDataModule(pl.LightningDataModule):
             self.tokenizer.pad_token_id,
             packing=packing,
             pack_length=int(data_cfg.get("pack_length") or data_cfg.get("max_length") or 0),
+            custom=self._objective_collate(),
+        )
+
+    def _objective_collate(self) -> ObjectiveCollate | None:
+        """The ``tunesmith_collate`` hook for this objective, when any plugin implements it."""
+        if self.plugins is None or not self.plugins.hook.tunesmith_collate.get_hookimpls():
+            return None
+        return ObjectiveCollate(
+            self.plugins.hook.tunesmith_collate,
+            objective_name(self.cfg),
+            self.tokenizer.pad_token_id,
+            self.cfg,
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -290,6 +290,12 @@ def _code_digest(run: Run) -> str:
     return hashlib.sha256(f"prepare-v{PREPARE_VERSION}:{digest}".encode()).hexdigest()
 
 
+def _objective_key(cfg: DictConfig) -> Any:
+    """The objective in the fingerprint: its name, or name and options when it has any."""
+    objective = _plain(cfg.objective)
+    return objective["name"] if set(objective) == {"name"} else objective
+
+
 def fingerprint(run: Run, sources: list[Source]) -> str:
     """A hash of everything that decides the prepared data: files, config and code."""
     cfg = run.cfg
@@ -308,7 +314,7 @@ def fingerprint(run: Run, sources: list[Source]) -> str:
             for s in sources
         ],
         "seed": int(cfg.seed),
-        "objective": str(cfg.objective),
+        "objective": _objective_key(cfg),
         "model": _plain(cfg.model),
         "code": _code_digest(run),
     }
@@ -510,8 +516,10 @@ class Encoder:
 
     def __init__(self, run: Run, tokenizer: Any) -> None:
         self.run, self.tokenizer = run, tokenizer
-        self.objective = str(run.cfg.objective)
-        run.plugins.require("objective", self.objective)
+        from framework.train.objective import describe_objective
+
+        info = describe_objective(run.cfg, run.plugins)
+        self.objective, self.trains_on = info.name, info.example
         self.max_length = int(run.cfg.data.max_length)
         self.full_cfg = copy.deepcopy(run.cfg)
         with open_dict(self.full_cfg):
@@ -527,10 +535,19 @@ class Encoder:
             cfg=self.full_cfg if full else self.run.cfg,
         )
         if enc is None:
-            shape = "text" if "text" in example else "messages" if "messages" in example else "?"
+            shape = (
+                "text"
+                if "text" in example
+                else "pair"
+                if "rejected" in example
+                else "chat"
+                if "messages" in example
+                else "?"
+            )
             raise DataError(
                 f"The objective '{self.objective}' does not train on '{shape}' examples "
-                f"(format '{example.get('_origin')}' of {example.get('_source')}).",
+                f"(format '{example.get('_origin')}' of {example.get('_source')}); it trains "
+                f"on '{self.trains_on}' examples.",
                 where=f"objective={self.objective}",
                 hint="plain text (data=text) needs objective=pretrain; conversations, "
                 "alpaca and pairs need objective=sft.",

@@ -202,7 +202,12 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     for key in ("batch_size", "max_length", "train_on_prompt"):
         if key in data:
             out[f"data.{key}"] = data[key]
-    out["objective"] = plain.get("objective")
+    objective = plain.get("objective")
+    if isinstance(objective, dict):  # objective=<name> plus its options
+        out["objective"] = objective.get("name")
+        out.update({f"objective.{k}": v for k, v in objective.items() if k != "name"})
+    else:
+        out["objective"] = objective
     out["seed"] = plain.get("seed")
     return out
 

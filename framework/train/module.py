@@ -12,24 +12,58 @@ from omegaconf import DictConfig
 
 from framework.data.chat import IGNORE_INDEX
 from framework.manager import TunesmithPluginManager
+from framework.train.objective import (
+    LossContext,
+    ReferenceModel,
+    compute_loss,
+    describe_objective,
+    objective_options,
+)
 
 
 class FineTuneModule(pl.LightningModule):
-    """Trains ``model`` with the loss of ``cfg.objective``; logs loss, lr, tokens/s, memory."""
+    """Trains ``model`` with the loss of ``cfg.objective``; logs loss, lr, tokens/s, memory.
+
+    The loss hook gets a :class:`framework.train.objective.LossContext` for every step. An
+    objective that declares ``reference=True`` gets its reference model from it: the model
+    with its adapters off (PEFT), else a frozen copy made here, before any checkpoint is
+    restored, and kept out of the module's submodules (not trained, not checkpointed).
+    """
 
     def __init__(self, model: Any, cfg: DictConfig, plugins: TunesmithPluginManager) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.plugins = plugins
-        self.objective = str(cfg.objective)
+        self.objective = describe_objective(cfg, plugins)
+        self.options = objective_options(cfg, self.objective)
+        # a plain object, not a submodule: its copy (if any) is neither trained nor saved
+        self.reference = ReferenceModel(model) if self.objective.reference else None
         self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
         self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.plugins.hook.tunesmith_compute_loss(
-            name=self.objective, model=self.model, batch=batch, cfg=self.cfg
+    def loss(
+        self, batch: dict[str, torch.Tensor], training: bool = True, weight: int = 1
+    ) -> torch.Tensor:
+        """The objective's loss of ``batch`` (``weight``: the validation batch's weight)."""
+
+        def log_extra(name: str, value: Any) -> None:
+            if training:
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+            else:
+                self.log(f"val/{name}", value, on_epoch=True, batch_size=weight, sync_dist=True)
+
+        ctx = LossContext(
+            cfg=self.cfg,
+            options=self.options,
+            objective=self.objective,
+            step=int(self.global_step),
+            training=training,
+            model=self.model,
+            logger=log_extra,
+            reference_model=self.reference,
         )
+        return compute_loss(self.plugins, self.model, batch, self.cfg, ctx)
 
     def on_fit_start(self) -> None:
         # from_pretrained returns a model in eval mode and Lightning keeps the modes it finds:
@@ -66,8 +100,10 @@ class FineTuneModule(pl.LightningModule):
             self._window.append((time.perf_counter(), self._tokens))
         # non-pad tokens, kept on the device: no host sync until Lightning writes the logs
         n = batch.get("num_tokens")  # set by the collator (packed rows have no padding)
-        self._tokens = self._tokens + (n if n is not None else batch["attention_mask"].sum())
-        loss = self.loss(batch)
+        if n is None and "attention_mask" in batch:
+            n = batch["attention_mask"].sum()
+        self._tokens = self._tokens + (n if n is not None else 0)
+        loss = self.loss(batch, training=True)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         # the learning rate this step's update uses (the scheduler steps after it)
         self.log("train/lr", self._current_lr(), on_step=True, on_epoch=False)
@@ -97,13 +133,13 @@ class FineTuneModule(pl.LightningModule):
         self.log("train/peak_mem_mb", peak_memory_mb(), on_step=True, on_epoch=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        n = validation_weight(batch)
         self.log(
             "val/loss",
-            self.loss(batch),
+            self.loss(batch, training=False, weight=n),
             prog_bar=True,
             on_epoch=True,
-            batch_size=max(n, 1),
+            batch_size=n,
             sync_dist=True,  # the mean over every process under DDP
         )
 
@@ -152,6 +188,19 @@ class FineTuneModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def validation_weight(batch: dict[str, Any]) -> int:
+    """How much a validation batch weighs in the epoch's mean: its labelled tokens (the
+    default batch), else its ``num_tokens``, else its number of rows."""
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+        return max(int((labels[:, 1:] != IGNORE_INDEX).sum()), 1)
+    n = batch.get("num_tokens")
+    if n is not None:
+        return max(int(n), 1)
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim()), None)
+    return max(int(first.shape[0]), 1) if first is not None else 1
 
 
 def peak_memory_mb() -> float:

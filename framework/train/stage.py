@@ -187,6 +187,7 @@ def train(run: Run) -> None:
 
     from framework.data.datamodule import FineTuneDataModule
     from framework.train.module import FineTuneModule, peak_rss_mb
+    from framework.train.objective import describe_objective
 
     cfg = run.cfg
     started = time.perf_counter()
@@ -194,7 +195,7 @@ def train(run: Run) -> None:
     base, tokenizer = run.ensure_model()
     method = str(cfg.method.name)
     run.plugins.require("method", method)
-    run.plugins.require("objective", str(cfg.objective))
+    describe_objective(cfg, run.plugins)  # served, and its options are its own
     model = run.hook.tunesmith_apply_method(name=method, model=base, cfg=cfg)
     if model is None:
         raise ConfigError(

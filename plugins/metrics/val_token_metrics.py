@@ -2,7 +2,9 @@
 
 Added to the trainer by the ``plugins.metrics.validation`` plugin when
 ``evaluator.val_metrics`` lists them; the values land beside ``val/loss`` in the logger
-(``logs/metrics.csv``) as ``val/perplexity`` and ``val/token_accuracy``.
+(``logs/metrics.csv``) as ``val/perplexity`` and ``val/token_accuracy``. Batches that are not
+the default padded shape (an objective that collates its own, such as preference pairs) are
+skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from framework.data.collate import is_padded_batch
 from framework.evaluate.stats import TokenStats, batch_token_stats
 
 VAL_METRICS = ("perplexity", "token_accuracy")
@@ -39,8 +42,8 @@ class ValTokenMetrics(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking:
-            return
+        if trainer.sanity_checking or not is_padded_batch(batch):
+            return  # an objective's own batches (a preference pair...) are not scored here
         model = getattr(pl_module, "model", pl_module)
         self.stats += batch_token_stats(model, batch)
 

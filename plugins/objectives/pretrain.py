@@ -7,13 +7,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Objective, hookimpl
 from framework.data.encoding import encode_text
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"objective": ["pretrain"]}
+def tunesmith_provides() -> list[Objective]:
+    return [
+        Objective(
+            "pretrain",
+            example="text",
+            description="continued pre-training: the loss on every token of plain text",
+        )
+    ]
 
 
 @hookimpl

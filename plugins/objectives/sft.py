@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: loss on the assistant turns only (unless ``data.train_on_prompt``)."""
+"""Supervised fine-tuning (``objective=sft``): loss on the assistant turns only (unless
+``data.train_on_prompt``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from framework import hookimpl
+from framework import Objective, hookimpl
 from framework.data.chat import encode_chat
 
 
 @hookimpl
-def tunesmith_provides() -> dict[str, list[str]]:
-    return {"objective": ["sft"]}
+def tunesmith_provides() -> list[Objective]:
+    return [
+        Objective(
+            "sft",
+            example="chat",
+            description="supervised fine-tuning: the loss on the assistant answers only",
+        )
+    ]
 
 
 @hookimpl

@@ -6,7 +6,7 @@
 * ``TS_TEST_SIGNAL_AT=<n>``: send this process a signal (``TS_TEST_SIGNAL``, default
   ``SIGTERM``) while step ``n`` (1-based) runs.
 * ``TS_TEST_CRASH_AT=<n>``: crash (no checkpoint saved) as step ``n`` starts.
-* ``objective=sft_nan`` with ``TS_TEST_NAN_AT_STEP=<n>``: the sft loss, except that the
+* ``objective.name=sft_nan`` with ``TS_TEST_NAN_AT_STEP=<n>``: the sft loss, except that the
   training loss of step ``n`` (1-based) is NaN.
 """
 

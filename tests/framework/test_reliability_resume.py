@@ -264,7 +264,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     cfg = compose_config(
         _overrides(
             alpaca_file,
-            "objective=sft_nan",
+            "objective.name=sft_nan",  # a plugin objective without a config file
             "trainer.max_steps=6",
             "callbacks.model_checkpoint.every_n_train_steps=2",
         ),

@@ -218,6 +218,7 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
     """A third-party package: a plugin module plus its own config folder, nothing in the core."""
     pkg = tmp_path / "pkg"
     (pkg / "conf" / "method").mkdir(parents=True)
+    (pkg / "conf" / "objective").mkdir()
     (pkg / "norm_tuning_plugin.py").write_text(
         textwrap.dedent(
             '''
@@ -284,6 +285,9 @@ def test_a_plugin_outside_the_core_adds_a_method_and_a_loss(
     (pkg / "conf" / "method" / "norm_tuning.yaml").write_text(
         "# Train only the normalisation weights (an example third-party method).\n"
         "name: norm_tuning\npattern: norm\n"
+    )
+    (pkg / "conf" / "objective" / "sft_smooth.yaml").write_text(
+        "# sft with label smoothing (an example third-party objective).\nname: sft_smooth\n"
     )
     proc = run_cli(
         *TINY,
