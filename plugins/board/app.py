@@ -155,6 +155,17 @@ class Board:
         )
         return HTMLResponse(html, status_code=status_code)
 
+    def pick_run(self, request: Any, title: str, has: str, what: str) -> Any:
+        """A page listing the runs whose directory holds ``has`` (a file or folder), each
+        linking to ``request``'s page for that run."""
+        from plugins.board.runs import find_runs
+
+        runs, _ = find_runs(self.settings.output_root, self.sessions)
+        ready = [r.as_dict() for r in runs if (r.dir / has).exists()]
+        return self.template(
+            request, "pick.html", title=title, target=request.url.path, runs=ready, what=what
+        )
+
     def render(self, request: Any, title: str, body_html: str, status_code: int = 200) -> Any:
         """``body_html`` (trusted HTML) inside the board's layout: for plugin pages."""
         from markupsafe import Markup

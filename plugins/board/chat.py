@@ -40,9 +40,9 @@ class ChatModels:
 
     def _load(self, run_dir: Path, side: str) -> Any:
         from framework.data.chat import ensure_chat_template
+        from framework.model.generation import GenerationParams
         from framework.serve.engine import (
             ChatEngine,
-            GenerationParams,
             load_chat_model,
             run_for,
             saved_config,
@@ -55,7 +55,7 @@ class ChatModels:
                 cfg.serve = {}
             cfg.serve.model = str(run_dir)
         run = Run(cfg=cfg, dir=run_dir, plugins=self.plugins)
-        params = GenerationParams.from_config(serve_config(run))
+        params = GenerationParams.from_serve(serve_config(run))
         if side == "tuned":
             model, tokenizer, model_id = load_chat_model(run)
             return ChatEngine(model, tokenizer, model_id, params)

@@ -54,17 +54,8 @@ def api_chat(request: Request, body: ChatBody) -> Any:
 def chat_page(request: Request, path: str = "") -> Any:
     board = board_of(request)
     if not path:
-        from plugins.board.runs import find_runs
-
-        runs, _ = find_runs(board.settings.output_root, board.sessions)
-        ready = [r.as_dict() for r in runs if (r.dir / "artifact").is_dir()]
-        return board.template(
-            request,
-            "pick.html",
-            title="Chat",
-            target="/chat",
-            runs=ready,
-            what="Pick a trained run to chat with.",
+        return board.pick_run(
+            request, "Chat", has="artifact", what="Pick a trained run to chat with."
         )
     run_dir = board.run_dir(path)
     return board.template(request, "chat.html", title="Chat", path=path, name=run_dir.name)

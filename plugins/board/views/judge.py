@@ -68,17 +68,8 @@ def api_rate(request: Request, body: RateBody) -> dict[str, Any]:
 def judge_page(request: Request, path: str = "") -> Any:
     board = board_of(request)
     if not path:
-        from plugins.board.runs import find_runs
-
-        runs, _ = find_runs(board.settings.output_root, board.sessions)
-        judgeable = [r.as_dict() for r in runs if (r.dir / "predictions.jsonl").is_file()]
-        return board.template(
-            request,
-            "pick.html",
-            title="Judge",
-            target="/judge",
-            runs=judgeable,
-            what="Pick a run whose answers to judge.",
+        return board.pick_run(
+            request, "Judge", has="predictions.jsonl", what="Pick a run whose answers to judge."
         )
     run_dir = board.run_dir(path)
     return board.template(
