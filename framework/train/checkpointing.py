@@ -9,6 +9,14 @@
   the step that reaches ``max_steps`` (so a larger budget continues mid-epoch), and keeps a
   small ``last.json`` beside ``last.ckpt`` (step, epoch, time) that tunesmith reads without
   loading the checkpoint. ``conf/callbacks/default.yaml`` selects it.
+* :func:`drop_frozen_weights` and :func:`check_trainable_only` keep the frozen base out of
+  checkpoints of adapter and partial methods (see :class:`framework.Method`'s ``kind``):
+  such a checkpoint holds the trainable weights and every persistent buffer, the optimizer,
+  the schedule, the loop, the data position and the random-number state; a resume rebuilds
+  the frozen base from the model the run names, as the first attempt did. A checkpoint of
+  ``kind="full"`` (or of a method that declares no kind) holds the whole model, as before.
+  FSDP and DeepSpeed keep their own (sharded) checkpoint formats: they load the weights
+  before any hook could tell them that part is missing.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from framework.descriptors import Method
 from framework.errors import TunesmithError
 from framework.run import (
     CHECKPOINT_NOTE,
@@ -34,6 +43,83 @@ from framework.run import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The checkpoint key that says its ``state_dict`` holds only the trainable weights.
+TRAINABLE_ONLY = "tunesmith_trainable_only"
+
+#: Method kinds whose checkpoints leave out the frozen weights.
+FROZEN_BASE_KINDS = frozenset({"adapter", "partial"})
+
+#: Strategies that save and load the weights themselves, in their own formats.
+SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
+
+
+def method_kind(plugins: Any, name: str) -> str:
+    """The ``kind`` the plugin serving method ``name`` declares; ``full`` when it declares none
+    (the whole model is then checkpointed, which is always safe)."""
+    info = plugins.describe("method", name)
+    return info.kind if isinstance(info, Method) else "full"
+
+
+def saves_trainable_only(kind: str, strategy: Any = None) -> bool:
+    """Whether checkpoints of a method of ``kind`` under ``strategy`` leave out frozen weights."""
+    return kind in FROZEN_BASE_KINDS and type(strategy).__name__ not in SHARDED_STRATEGIES
+
+
+def trainable_state_keys(module: Any) -> set[str]:
+    """The ``state_dict`` keys of ``module`` a trainable-only checkpoint keeps.
+
+    Every parameter that requires a gradient (every name of a tied one) and every buffer:
+    buffers are small, and one may change during training (running statistics), while a
+    frozen parameter is by definition the base's own value.
+    """
+    keys = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    keys.update(n for n, _ in module.named_buffers(remove_duplicate=False))
+    return keys
+
+
+def drop_frozen_weights(checkpoint: dict[str, Any], module: Any, kind: str) -> None:
+    """Keep only the trainable weights (and buffers) in ``checkpoint["state_dict"]``.
+
+    Marks the checkpoint with :data:`TRAINABLE_ONLY` so that loading it knows the frozen
+    weights are missing on purpose.
+    """
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        return
+    keep = trainable_state_keys(module)
+    kept = {key: value for key, value in state.items() if key in keep}
+    checkpoint["state_dict"] = kept
+    checkpoint[TRAINABLE_ONLY] = {"method_kind": kind, "frozen_left_out": len(state) - len(kept)}
+
+
+def check_trainable_only(checkpoint: dict[str, Any], module: Any) -> bool:
+    """Whether ``checkpoint`` holds only trainable weights; if so, that they fit ``module``.
+
+    A checkpoint written before tunesmith left frozen weights out holds the whole model
+    and loads as it always did (``False``).
+
+    Raises:
+        TunesmithError: the checkpoint holds weights ``module`` does not have, or lacks one
+            that ``module`` trains (it was written for another method or model).
+    """
+    if TRAINABLE_ONLY not in checkpoint or not isinstance(checkpoint.get("state_dict"), dict):
+        return False
+    saved = set(checkpoint["state_dict"])
+    current = set(module.state_dict())
+    trainable = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    unexpected = sorted(saved - current)
+    missing = sorted(trainable - saved)
+    if unexpected or missing:
+        raise TunesmithError(
+            "The checkpoint does not fit the model being trained: it holds "
+            f"{len(unexpected)} weight(s) the model does not have {unexpected[:3]} and lacks "
+            f"{len(missing)} trainable one(s) {missing[:3]}.",
+            where="checkpoints/last.ckpt",
+            hint="it was written for another method or model: re-run with the run's own "
+            "config, or start over with force=true.",
+        )
+    return True
 
 
 def save_error(path: Path, exc: BaseException, what: str = "checkpoint") -> SaveError:

@@ -12,6 +12,12 @@ from omegaconf import DictConfig
 
 from framework.data.chat import IGNORE_INDEX
 from framework.manager import TunesmithPluginManager
+from framework.train.checkpointing import (
+    check_trainable_only,
+    drop_frozen_weights,
+    method_kind,
+    saves_trainable_only,
+)
 from framework.train.objective import (
     LossContext,
     ReferenceModel,
@@ -28,6 +34,11 @@ class FineTuneModule(pl.LightningModule):
     objective that declares ``reference=True`` gets its reference model from it: the model
     with its adapters off (PEFT), else a frozen copy made here, before any checkpoint is
     restored, and kept out of the module's submodules (not trained, not checkpointed).
+
+    Checkpoints of a method whose descriptor says ``kind="adapter"`` or ``"partial"`` hold
+    only the trainable weights (and buffers), not the frozen base: resuming rebuilds the
+    base from the run's model, and loads the rest (see
+    :mod:`framework.train.checkpointing`). ``kind="full"`` checkpoints hold everything.
     """
 
     def __init__(self, model: Any, cfg: DictConfig, plugins: TunesmithPluginManager) -> None:
@@ -41,6 +52,18 @@ class FineTuneModule(pl.LightningModule):
         self.reference = ReferenceModel(model) if self.objective.reference else None
         self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
         self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
+        self.method_kind = method_kind(plugins, str(cfg.method.name))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen base out of checkpoints of adapter and partial methods."""
+        if saves_trainable_only(self.method_kind, self.trainer.strategy):
+            drop_frozen_weights(checkpoint, self, self.method_kind)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Load a trainable-only checkpoint over the freshly built base (``strict=False``
+        after checking that it holds every trainable weight and nothing foreign); a whole
+        checkpoint (an older tunesmith's, or ``kind="full"``) loads strictly."""
+        self.strict_loading = not check_trainable_only(checkpoint, self)
 
     def loss(
         self, batch: dict[str, torch.Tensor], training: bool = True, weight: int = 1
@@ -82,6 +105,7 @@ class FineTuneModule(pl.LightningModule):
         """
         from torch.optim.lr_scheduler import LambdaLR
 
+        self.strict_loading = True  # the checkpoint, if any, is loaded: later loads are strict
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             if not isinstance(scheduler, LambdaLR):

@@ -15,6 +15,7 @@ from framework.data.prepare import load_splits
 from framework.distributed import is_global_zero
 from framework.errors import ConfigError
 from framework.run import Run, atomic_path, write_json
+from framework.train.checkpointing import SHARDED_STRATEGIES  # noqa: F401 (also used by tests)
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +257,6 @@ def train(run: Run) -> None:
     )
     write_json(run.dir / "train_summary.json", summary)
     plot_loss_curves(run)
-
-
-#: Strategies whose processes each hold only a shard of the weights after ``fit``.
-SHARDED_STRATEGIES = frozenset({"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"})
 
 
 def consolidated_model(run: Run, trainer: Any, model: Any) -> Any:

@@ -133,6 +133,15 @@ def test_sigterm_then_sigkill_then_rerun_ends_like_an_uninterrupted_run(
     proc.wait(timeout=60)
     assert "at step 3 (epoch 0, batch 3)" in log.read_text()
     assert _note(run_dir)["step"] == 6
+    # The checkpoint the killed run left holds the LoRA weights, not the frozen base.
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+    assert checkpoint["optimizer_states"] and checkpoint["loops"]
+    adapter = sum(t.numel() * t.element_size() for t in checkpoint["state_dict"].values())
+    # the adapter, its two AdamW moments and the bookkeeping (~0.2 MB here); with the tiny
+    # base model's ~0.5 MB of frozen weights it would be over this bound
+    assert checkpoint["tunesmith_trainable_only"]["frozen_left_out"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_size < 4 * adapter + 200_000
 
     # 3. Again: resumes at step 6 (mid-epoch 1) and finishes.
     proc, log = start("third")
