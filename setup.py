@@ -1,11 +1,17 @@
-"""Packaging: which folders of the checkout go where in the wheel (the rest is pyproject.toml).
+"""Packaging: which folders of the checkout go where (the rest is in pyproject.toml).
 
-The checkout keeps its layout (framework/, plugins/, conf/, data/ at the top). The wheel puts
-them inside the ``tunesmith`` package, under ``tunesmith/_root/``, laid out the same way, so
-an install adds no top-level ``framework`` or ``plugins`` package to site-packages; the
-``tunesmith`` package (tunesmith/__init__.py) makes them importable for tunesmith's own
-processes. ``hydra_plugins/`` stays top-level: Hydra finds plugins only in that namespace.
+The checkout keeps its layout (framework/, plugins/, conf/, data/ at the top). A wheel
+(``pip install .``) puts them inside the ``tunesmith`` package, under ``tunesmith/_root/``,
+laid out the same way, so the install adds no top-level ``framework`` or ``plugins`` package
+to site-packages; importing ``tunesmith`` (the ``tunesmith`` command does) makes them
+importable for tunesmith's own processes (tunesmith/__init__.py). ``hydra_plugins/`` stays
+top-level: Hydra finds plugins only in that namespace.
+
+An editable install (``pip install -e .``, what ``make install`` does for development) is
+the checkout itself, as before: ``framework`` and ``plugins`` map to its folders.
 """
+
+import sys
 
 from setuptools import find_namespace_packages, find_packages, setup
 
@@ -18,21 +24,23 @@ CONF = [
 ]
 DATA = ["data.demo", "data.examples"]  # the demo data sets the shipped configs name
 
-bundled = find_packages(include=[*CODE, *(f"{c}.*" for c in CODE)]) + CONF + DATA
-
-setup(
-    packages=[
-        "tunesmith",
-        *(f"{ROOT}.{p}" for p in bundled),
-        *find_namespace_packages(
-            include=["hydra_plugins", "hydra_plugins.*"], exclude=["*.__pycache__"]
-        ),
-    ],
-    package_dir={f"{ROOT}.{p}": p.replace(".", "/") for p in bundled},
-    package_data={
-        f"{ROOT}.framework": ["py.typed"],
-        **{f"{ROOT}.{p}": ["*.yaml"] for p in CONF},
-        **{f"{ROOT}.{p}": ["*.jsonl"] for p in DATA},
-    },
-    include_package_data=False,
+code = find_packages(include=[*CODE, *(f"{c}.*" for c in CODE)])
+hydra = find_namespace_packages(
+    include=["hydra_plugins", "hydra_plugins.*"], exclude=["*.__pycache__"]
 )
+
+if "editable_wheel" in sys.argv:  # pip install -e .: the checkout's own layout
+    options = {"packages": ["tunesmith", *code, *hydra]}
+else:
+    bundled = code + CONF + DATA
+    options = {
+        "packages": ["tunesmith", *(f"{ROOT}.{p}" for p in bundled), *hydra],
+        "package_dir": {f"{ROOT}.{p}": p.replace(".", "/") for p in bundled},
+        "package_data": {
+            f"{ROOT}.framework": ["py.typed"],
+            **{f"{ROOT}.{p}": ["*.yaml"] for p in CONF},
+            **{f"{ROOT}.{p}": ["*.jsonl"] for p in DATA},
+        },
+    }
+
+setup(include_package_data=False, **options)

@@ -52,8 +52,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     cwd=root).stdout.strip())  # fmt: skip
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "_deps_of_the_test_env.pth").write_text("\n".join(sorted(ours)) + "\n")
+    # --ignore-installed: pip never touches the tunesmith it sees through the .pth file
     _sh(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-        "--no-index", wheel, cwd=root)  # fmt: skip
+        "--no-index", "--ignore-installed", wheel, cwd=root)  # fmt: skip
 
     # no top-level `framework` or `plugins` package: they live inside the tunesmith package
     assert not (site / "framework").exists() and not (site / "plugins").exists()
