@@ -78,13 +78,17 @@ def _show_progress() -> bool:
     return not user_disabled or os.environ.get(HF_PROGRESS_DEFAULT_ENV) == "1"
 
 
-def _how_to_get(repo_id: str) -> str:
+def _how_to_get(repo_id: str, offline: bool) -> str:
     folder = f"models/{repo_id.rsplit('/', 1)[-1]}"
+    online = (
+        "or unset HF_HUB_OFFLINE to let tunesmith download it into the cache"
+        if offline
+        else "or check the network and proxy settings (HTTPS_PROXY) and run again"
+    )
     return (
         f"download it where there is network: `hf download {repo_id} --local-dir {folder}`, "
-        f"then run with model.path={folder}; or let tunesmith download it into the cache "
-        "(unset HF_HUB_OFFLINE). Where huggingface.co cannot be reached (e.g. in mainland "
-        f"China), use a mirror: export HF_ENDPOINT={MIRROR_HINT}"
+        f"then run with model.path={folder}; {online}. Where huggingface.co cannot be "
+        f"reached (e.g. in mainland China), use a mirror: export HF_ENDPOINT={MIRROR_HINT}"
     )
 
 
@@ -159,13 +163,13 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
             f"The model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
             f"and {reason}.",
             where=where,
-            hint=_how_to_get(repo_id),
+            hint=_how_to_get(repo_id, offline),
         ) from exc
     except HfHubHTTPError as exc:
         raise ModelError(
             f"Downloading the model '{repo_id}' from {endpoint} failed: {_first_line(exc)}",
             where=where,
-            hint="try again later; " + _how_to_get(repo_id),
+            hint="try again later; " + _how_to_get(repo_id, offline),
         ) from exc
     log.info("Model %s: %s", repo_id, folder)
     return folder
