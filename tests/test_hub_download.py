@@ -202,13 +202,15 @@ def test_a_hub_model_downloads_trains_and_is_used_offline_from_the_cache(
     assert f"GET /{REPO}/resolve/{COMMIT}/model.safetensors" in hub.requests
     assert list((tmp_path / "out1").rglob("checkpoints/last*.ckpt")), first.stderr[-2000:]
 
-    # offline: the cached snapshot is used, the hub is not asked
+    # offline: the cached snapshot is used (prepare, not reusing the data prepared above, loads
+    # the model: an id is no folder whose tokenizer can be read alone), the hub is not asked
     asked = len(hub.requests)
     second = _run(
-        *common, f"model.path={REPO}", "stages=[prepare,train]",
+        *common, f"model.path={REPO}", "stages=[prepare]", "data.cache=false",
         f"paths.output_dir={tmp_path / 'out2'}", hf_home=hf_home, hub=hub, offline=True,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
+    assert str(snapshot) in second.stdout + second.stderr  # "Model test-org/tiny-llama: <snapshot>"
     assert len(hub.requests) == asked, hub.requests[asked:]
 
     # online, a local folder: used as it is, never a request to the hub

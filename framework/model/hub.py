@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from framework.errors import ModelError
@@ -121,16 +123,18 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
 
         kwargs["tqdm_class"] = tqdm  # huggingface_hub's own bars obey the quiet default
     log.info(
-        "model.path=%s is not a local folder: %s the Hugging Face cache (%s)%s.",
+        "model.path=%s is not a local folder: a Hub id, taken from the Hugging Face cache (%s)%s.",
         repo_id,
-        "looking it up in" if offline else "fetching it into",
         constants.HF_HUB_CACHE,
-        " (HF_HUB_OFFLINE is set)" if offline else f" from {endpoint}",
+        " only, as HF_HUB_OFFLINE is set"
+        if offline
+        else f"; what is missing comes from {endpoint}",
     )
     try:
-        folder = Path(snapshot_download(repo_id, ignore_patterns=IGNORE_PATTERNS, **kwargs))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=BIN_PATTERNS, **kwargs))
+        with _quiet_http_logs():  # one INFO line per request otherwise; the bar says enough
+            folder = Path(snapshot_download(repo_id, ignore_patterns=IGNORE_PATTERNS, **kwargs))
+            if not any(folder.glob("*.safetensors")):
+                folder = Path(snapshot_download(repo_id, allow_patterns=BIN_PATTERNS, **kwargs))
     except GatedRepoError as exc:
         raise ModelError(
             f"The model '{repo_id}' on {endpoint} is gated: its files need your consent and a "
@@ -173,6 +177,19 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
         ) from exc
     log.info("Model %s: %s", repo_id, folder)
     return folder
+
+
+@contextmanager
+def _quiet_http_logs() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpx2", "httpcore")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
