@@ -19,7 +19,15 @@ import pytest
 from tests.conftest import ROOT_DIR, TINY, write_sums
 
 #: What the wheel is built from (pyproject.toml, setup.py and the folders they name).
-SOURCES = ("framework", "plugins", "conf", "data", "hydra_plugins", "tunesmith")
+SOURCES = (
+    "framework",
+    "plugins",
+    "conf",
+    "data/demo",
+    "data/examples",
+    "hydra_plugins",
+    "tunesmith",
+)
 SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md")
 
 
