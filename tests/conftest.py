@@ -10,13 +10,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+# The tests never use the network: anything that would ask the Hub fails at once instead. A test
+# that serves its own hub on 127.0.0.1 (tests/test_hub_download.py) unsets this for its runs.
+# Set before anything imports huggingface_hub, which reads it once.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
 
-from framework.cli import CONFIG_DIR
-from framework.resolvers import ROOT_DIR, register_resolvers
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+from framework.cli import CONFIG_DIR  # noqa: E402
+from framework.resolvers import ROOT_DIR, register_resolvers  # noqa: E402
 
 register_resolvers()
 

@@ -148,7 +148,7 @@ def check_model_dir(path: Path) -> Path:
         raise ModelError(
             f"The model folder '{path}' does not exist.",
             where=f"model.path={path}",
-            hint="give a local folder with config.json and weights (tunesmith never downloads).",
+            hint="give a local folder with config.json and weights, or a Hub id (org/name).",
         )
     if not path.is_dir():
         raise ModelError(
