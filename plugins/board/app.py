@@ -80,10 +80,12 @@ class BoardSettings:
             return path if path.is_absolute() else cwd / path
 
         judge = node.get("judge") or {}
+        # a checkout runs `python run.py` in it; an installed tool runs `tunesmith` here
+        project = ROOT_DIR if (ROOT_DIR / "run.py").is_file() else cwd
         return cls(
             output_root=where(node.get("output_root"), cwd / "outputs").resolve(),
             data_dir=where(node.get("data_dir"), ROOT_DIR / "data").resolve(),
-            project_root=ROOT_DIR,
+            project_root=project,
             host=str(node.get("host") or "127.0.0.1"),
             port=int(node.get("port") if node.get("port") is not None else 7860),
             token=str(node.get("token")) if node.get("token") else None,

@@ -245,6 +245,18 @@ class Launcher:
         self.lock = threading.Lock()
         self.log_dir = self.output_root / ".board" / "launches"
 
+    @property
+    def from_checkout(self) -> bool:
+        """Whether runs start as ``python run.py`` in a checkout (else the installed
+        ``tunesmith`` command, in the project folder)."""
+        return (self.project_root / "run.py").is_file()
+
+    def argv(self, overrides: list[str]) -> list[str]:
+        """The process a launched run is."""
+        if self.from_checkout:
+            return [self.python, str(self.project_root / "run.py"), *overrides]
+        return [self.python, "-m", "tunesmith", *overrides]
+
     def _default_output(self) -> bool:
         return self.output_root.resolve() == (self.project_root / "outputs").resolve()
 
@@ -256,7 +268,8 @@ class Launcher:
             else f"TUNESMITH_OUTPUT={shlex.quote(str(self.output_root))} "
         )
         args = " ".join(shlex.quote(o) for o in overrides)
-        return f"cd {shlex.quote(str(self.project_root))} && {env}python run.py {args}".rstrip()
+        program = "python run.py" if self.from_checkout else "tunesmith"
+        return f"cd {shlex.quote(str(self.project_root))} && {env}{program} {args}".rstrip()
 
     def preview(self, form: dict[str, Any]) -> dict[str, Any]:
         """Validate the form; return its overrides, command line and run directory."""
@@ -296,7 +309,7 @@ class Launcher:
             log.write(header.encode())
             log.flush()
             job.proc = subprocess.Popen(
-                [self.python, str(self.project_root / "run.py"), *job.overrides],
+                self.argv(job.overrides),
                 cwd=self.project_root,
                 env=env,
                 stdin=subprocess.DEVNULL,
