@@ -408,10 +408,10 @@ def choose_threads() -> tuple[int | None, str]:
     except (AttributeError, OSError):  # macOS, Windows: torch's own default stands
         return None, "torch's default (no CPU affinity on this platform)"
     count = physical_cores(cpus)
-    why = f"the physical cores this process may use ({len(cpus)} logical CPUs)"
+    why = f"one per physical core this process may use, of {len(cpus)} logical CPUs"
     quota = cpu_quota()
     if quota is not None and quota < count:
-        count, why = quota, f"the container's CPU limit ({quota})"
+        count, why = quota, f"the container's CPU limit is {quota}"
     return count, why
 
 
@@ -423,7 +423,7 @@ def configure_threads() -> int:
     if wanted is not None and torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     threads = torch.get_num_threads()
-    text = f"CPU threads: {threads} ({why}; set OMP_NUM_THREADS to change)"
+    text = f"CPU threads: {threads} ({why}; OMP_NUM_THREADS=N sets another number)"
     if text not in _logged:
         _logged.add(text)
         log.info("%s", text)

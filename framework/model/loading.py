@@ -119,11 +119,12 @@ def resolve_dtype(cfg: DictConfig, method: Method | None = None) -> Any:
     Raises:
         ModelError: ``model.dtype`` names no dtype.
     """
+    precision, device = hardware.run_precision(cfg.get("trainer"))
     choice = hardware.run_dtype(cfg, method if isinstance(method, Method) else None)
     dtype = torch_dtype(choice.value)  # an unknown name stops here, before any work
-    if choice.automatic:
-        hardware.log_choice(choice)
-    _precision, device = hardware.run_precision(cfg.get("trainer"))
+    for made in (precision, choice):
+        if made.automatic:
+            hardware.log_choice(made)
     if device.kind == "cpu":
         hardware.configure_threads()
     return dtype
