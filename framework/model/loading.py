@@ -491,15 +491,18 @@ def declared_methods(cfg: DictConfig) -> list[Method]:
     return [m for m in found if isinstance(m, Method)]
 
 
+#: The in-tree method configs (the checkout's ``conf/method``, as ``framework.resolvers.ROOT_DIR``
+#: finds the checkout; not imported from there: that module reaches back here).
+METHOD_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "method"
+
+
 def default_checkpointing(name: str) -> bool:
     """``gradient_checkpointing`` as the method's own config file sets it
     (``conf/method/<name>.yaml``; ``False`` when there is none: a plugin's own config)."""
     from omegaconf import OmegaConf
 
-    from framework.resolvers import ROOT_DIR
-
     try:
-        node = OmegaConf.load(ROOT_DIR / "conf" / "method" / f"{name}.yaml")
+        node = OmegaConf.load(METHOD_CONF_DIR / f"{name}.yaml")
         return bool(node.get("gradient_checkpointing", False))
     except Exception:  # noqa: BLE001 - no such file, or one that does not parse: not known
         return False
