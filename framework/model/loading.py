@@ -296,9 +296,6 @@ LOGIT_BYTES = 8
 #: context), tokenizer, data. Measured on SmolLM2 runs: about 0.5-0.7 GiB of resident memory.
 RUNTIME_BYTES = 512 * 2**20
 
-#: Kept for code that imported it: a trainable float32 weight's gradient and AdamW states.
-OPTIMIZER_BYTES = 12
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -534,7 +531,7 @@ def method_alternatives(
 _warned: set[str] = set()
 
 
-def _advice(path: Path, cfg: DictConfig, est: MemoryEstimate, method: Method | None) -> str:
+def _advice(path: Path, cfg: DictConfig, est: MemoryEstimate) -> str:
     """What would need less: the other declared methods with their estimates, then settings."""
     lines = []
     current = str((cfg.get("method") or {}).get("name", ""))
@@ -589,7 +586,7 @@ def warn_if_too_large(
         log.info("Memory: %s: it should fit.", est.describe(name))
         return est
     try:
-        advice = _advice(path, cfg, est, method if declared else None)
+        advice = _advice(path, cfg, est)
     except Exception as exc:  # noqa: BLE001 - advice must never stop a run
         log.debug("memory advice failed: %s", exc)
         advice = "an adapter method, a smaller batch, or a smaller model."
