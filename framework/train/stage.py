@@ -220,15 +220,16 @@ def _earlier_summary(run: Run) -> dict[str, Any]:
 
 
 def _hardware_record(run: Run, model: Any) -> dict[str, Any]:
-    """The ``hardware`` entry of ``train_summary.json``: device, precision, dtype, threads."""
-    import torch
+    """The ``hardware`` entry of ``train_summary.json``: device, precision, dtype, threads.
 
+    On a CPU this also sets torch's thread count (once per process; a model plugin that
+    loads without ``load_pretrained`` gets it here).
+    """
     precision, device = hardware.run_precision(run.cfg.get("trainer"))
     info = run.plugins.describe("method", str(run.cfg.method.name))
     dtype = hardware.run_dtype(run.cfg, info if isinstance(info, Method) else None)
-    record = hardware.record(
-        precision, dtype, device, torch.get_num_threads() if device.kind == "cpu" else None
-    )
+    threads = hardware.configure_threads() if device.kind == "cpu" else None
+    record = hardware.record(precision, dtype, device, threads)
     loaded = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     if loaded is not None:
         record["loaded_dtype"] = str(loaded).removeprefix("torch.")
