@@ -89,6 +89,10 @@ def demo(precisions: list[str], workdir: Path) -> list[dict]:
     from omegaconf import OmegaConf
 
     default = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml").precision
+    if str(default) == "auto":  # what auto picks on this machine (framework/model/hardware.py)
+        from framework.model.hardware import run_precision
+
+        default = run_precision({"precision": "auto"})[0].value
     rows = []
     for precision in precisions:
         overrides = [] if precision == default else [f"trainer.precision={precision}"]

@@ -1,8 +1,10 @@
 """Loading Hugging Face causal LMs from local folders, with clear errors.
 
 Before anything is loaded, :func:`check_model_dir` makes sure the folder is a model
-(``config.json`` that parses, weights, tokenizer files) and :func:`estimate_memory` warns,
-with the numbers, when the model will likely not fit in the memory available.
+(``config.json`` that parses, weights, tokenizer files) and :func:`warn_if_too_large` says,
+with the numbers, whether the model will fit in the memory available (and, when it will not,
+what each declared method would need). ``model.dtype: auto`` (the default) is resolved for
+the machine by :mod:`framework.model.hardware` (:func:`resolve_dtype`).
 
 Safety: code shipped with a model runs only with ``model.trust_remote_code=true``; weights
 are read from safetensors when the folder has them (``.bin`` files go through
@@ -24,7 +26,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from omegaconf import DictConfig
 from framework.data.chat import FALLBACK_CHAT_TEMPLATE, ensure_chat_template
 from framework.descriptors import Method
 from framework.errors import ModelError
+from framework.model import hardware
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,28 @@ def torch_dtype(name: str | None) -> Any:
             f"Unknown model dtype '{name}'.", where="model.dtype", hint=f"one of {sorted(DTYPES)}"
         )
     return key if key == "auto" else getattr(torch, key)
+
+
+def resolve_dtype(cfg: DictConfig, method: Method | None = None) -> Any:
+    """The ``torch.dtype`` to load weights in: ``model.dtype``, ``auto`` resolved.
+
+    ``auto`` (the default) is chosen by :mod:`framework.model.hardware` for this machine,
+    the run's precision and ``method`` (logged once, with the reason); any other value is
+    used as given. On a CPU run this also sets torch's thread count
+    (:func:`framework.model.hardware.configure_threads`).
+
+    Raises:
+        ModelError: ``model.dtype`` names no dtype.
+    """
+    precision, device = hardware.run_precision(cfg.get("trainer"))
+    choice = hardware.run_dtype(cfg, method if isinstance(method, Method) else None)
+    dtype = torch_dtype(choice.value)  # an unknown name stops here, before any work
+    for made in (precision, choice):
+        if made.automatic:
+            hardware.log_choice(made)
+    if device.kind == "cpu":
+        hardware.configure_threads()
+    return dtype
 
 
 def _read_config_json(path: Path) -> dict[str, Any]:
@@ -254,8 +279,150 @@ def available_memory(device: str) -> tuple[int, str]:
 #: needs, every weight training in ``model.dtype``. It can only over-warn, never under-warn.
 CONSERVATIVE_METHOD = Method("(undeclared)", kind="full")
 
-#: Bytes per trainable parameter beyond its weight: its gradient and AdamW's two states.
-OPTIMIZER_BYTES = 12
+#: Bytes per element of the weight dtypes ``model.dtype`` names.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Bytes per trainable adapter parameter: PEFT keeps adapters in float32, so the weight, its
+#: gradient and AdamW's two states take 4 bytes each.
+ADAPTER_BYTES = 16
+#: Activation bytes kept per token, layer and unit of hidden size for the backward pass, in
+#: 16-bit compute (Korthikanti et al. 2022, "Reducing activation recomputation": 34 s*b*h per
+#: layer, attention scores left out as SDPA/flash attention does not keep them); float32
+#: compute keeps twice as much.
+ACTIVATION_BYTES_16 = 34
+#: Bytes per token and vocabulary entry for the logits: float32 logits and their gradient.
+LOGIT_BYTES = 8
+
+#: What the process takes besides the model: Python, torch and its libraries (or a CUDA
+#: context), tokenizer, data. Measured on SmolLM2 runs: about 0.5-0.7 GiB of resident memory.
+RUNTIME_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory estimate needs to know about a model.
+
+    Attributes:
+        parameters: every parameter (tied weights once).
+        hidden_size: the width of the residual stream.
+        num_layers: transformer blocks.
+        vocab_size: vocabulary entries (the logits' width).
+        embedding_parameters: parameters of the input embeddings and the output head (once
+            when tied): a 4-bit method leaves them unquantized.
+    """
+
+    parameters: int
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    embedding_parameters: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], parameters: int) -> ModelShape:
+        """From a ``config.json`` mapping and the parameter count of the weights."""
+        hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
+        vocab = int(config.get("vocab_size") or 0)
+        tied = bool(config.get("tie_word_embeddings", True))
+        return cls(
+            parameters=int(parameters),
+            hidden_size=hidden,
+            num_layers=int(config.get("num_hidden_layers") or config.get("n_layer") or 0),
+            vocab_size=vocab,
+            embedding_parameters=min(int(parameters), vocab * hidden * (1 if tied else 2)),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """How a run trains, as far as memory goes.
+
+    Attributes:
+        dtype: the weights' dtype (``model.dtype`` resolved: float32 | bfloat16 | float16).
+        precision: ``trainer.precision`` resolved (``32-true``, ``bf16-mixed``...).
+        tokens: tokens per optimizer micro-batch (``data.batch_size`` x length).
+        gradient_checkpointing: activations are recomputed in the backward pass.
+    """
+
+    dtype: str
+    precision: str
+    tokens: int
+    gradient_checkpointing: bool = False
+
+
+def training_memory(shape: ModelShape, method: Method, setup: TrainingSetup) -> tuple[int, int]:
+    """``(bytes to load, bytes to train)`` for ``shape`` trained by ``method`` with ``setup``.
+
+    Weights: parameters x bytes of ``setup.dtype``; a method that holds the base quantized
+    (``method.base_bits``) stores all but the embeddings in that many bits. The trainable
+    share (``method.share``) adds, for an adapter, 16 bytes per parameter (float32 weight,
+    gradient, two AdamW states); for weights of the base itself (``kind`` full/partial), a
+    gradient and two AdamW states in the weights' dtype, plus the 16-bit copies mixed
+    precision caches. Activations: tokens x hidden x layers x 34 bytes in 16-bit compute (x2
+    in float32); with gradient checkpointing only each block's input and one block's
+    activations. Logits: tokens x vocabulary x 8 bytes. Plus :data:`RUNTIME_BYTES`. A rough
+    bound, meant to warn: on SmolLM2 (demo settings, CPU) it came within 10% of the measured
+    peak for full and LoRA, and under it for QLoRA (whose peak is set while quantizing).
+    """
+    weight_bytes = DTYPE_BYTES.get(setup.dtype, 4)
+    params = shape.parameters
+    if method.base_bits:
+        embeddings = shape.embedding_parameters
+        load = int((params - embeddings) * method.base_bits / 8 + embeddings * weight_bytes)
+    else:
+        load = params * weight_bytes
+    trainable = int(params * method.share)
+    mixed = setup.precision.endswith("-mixed")
+    if method.kind == "adapter":
+        state = trainable * ADAPTER_BYTES
+    else:
+        state = trainable * 3 * weight_bytes
+        if mixed and weight_bytes == 4:
+            state += trainable * 2  # autocast's cached 16-bit copies of the trained weights
+    compute_bytes = 2 if mixed or "16" in setup.precision else 4
+    per_layer = ACTIVATION_BYTES_16 // 2 * compute_bytes  # bytes per token per hidden unit
+    width = setup.tokens * shape.hidden_size
+    if setup.gradient_checkpointing:
+        activations = width * (shape.num_layers * compute_bytes + per_layer)
+    else:
+        activations = width * shape.num_layers * per_layer
+    logits = setup.tokens * shape.vocab_size * LOGIT_BYTES
+    return load, RUNTIME_BYTES + load + state + activations + logits
+
+
+def model_shape(path: Path) -> ModelShape:
+    """The :class:`ModelShape` of the model folder ``path`` (nothing is loaded)."""
+    params, _stored = count_weights(path)
+    return ModelShape.from_config(_read_config_json(path), params)
+
+
+def training_setup(cfg: DictConfig, method: Method, device: Any = None) -> TrainingSetup:
+    """The :class:`TrainingSetup` of run config ``cfg`` (``auto`` resolved for ``device``).
+
+    Args:
+        cfg: the run config (``model.dtype``, ``trainer.precision``, ``data.batch_size``,
+            ``data.max_length``/``pack_length``, ``method.gradient_checkpointing``).
+        method: the method descriptor the dtype is chosen for.
+        device: a :class:`framework.model.hardware.Device`; ``None``: this machine's.
+    """
+    trainer = cfg.get("trainer") or {}
+    if device is None:
+        device = hardware.detect(trainer.get("accelerator", "auto"))
+    precision = hardware.choose_precision(trainer.get("precision", "auto"), device).value
+    dtype = hardware.choose_dtype((cfg.get("model") or {}).get("dtype"), device, method, precision)
+    data = cfg.get("data") or {}
+    length = int(data.get("pack_length") or data.get("max_length") or 512)
+    return TrainingSetup(
+        dtype=DTYPES.get(str(dtype.value).lower(), "float32"),
+        precision=str(precision),
+        tokens=int(data.get("batch_size") or 1) * length,
+        gradient_checkpointing=bool((cfg.get("method") or {}).get("gradient_checkpointing")),
+    )
+
+
+def format_bytes(size: float) -> str:
+    """``1.5 GiB``, or ``310 MiB`` below a tenth of a GiB."""
+    if size >= GiB / 10:
+        return f"{size / GiB:.1f} GiB"
+    return f"{size / 2**20:.0f} MiB"
 
 
 @dataclass
@@ -268,69 +435,131 @@ class MemoryEstimate:
     free_bytes: int
     free_what: str
     device: str
+    dtype: str = "float32"
+    precision: str = "32-true"
 
     def fits(self) -> bool:
         return self.train_bytes <= self.free_bytes
 
     def describe(self, method: str) -> str:
         return (
-            f"{self.parameters / 1e6:,.0f}M parameters: about {self.load_bytes / GiB:.1f} GiB "
-            f"to load and {self.train_bytes / GiB:.1f} GiB to train with method={method}, "
-            f"but {self.free_bytes / GiB:.1f} GiB is {self.free_what} ({self.device})"
+            f"{self.parameters / 1e6:,.0f}M parameters: about {format_bytes(self.load_bytes)} "
+            f"to load and {format_bytes(self.train_bytes)} to train with method={method} "
+            f"({self.dtype} weights, trainer.precision={self.precision}); "
+            f"{format_bytes(self.free_bytes)} is {self.free_what} ({self.device})"
         )
 
 
 def estimate_memory(path: Path, cfg: DictConfig, method: Method | None = None) -> MemoryEstimate:
     """Estimate the memory to load and train the model in ``path`` with ``cfg``'s settings.
 
-    Everything about the method comes from its descriptor: loading takes parameters x bytes
-    of ``model.dtype``, or ``method.base_bits / 8`` when the method holds the base quantized
-    (QLoRA: half a byte). Training adds, for the share of parameters that train
-    (``method.share``: 1.0 for ``kind=full``...), their gradient and two AdamW states in
-    float32 (12 bytes each), plus activations: batch x length x hidden x layers x 34 bytes (no
-    gradient checkpointing). A rough bound, meant to warn, not to block.
+    Everything about the method comes from its descriptor (:func:`training_memory`); the
+    weights' dtype and the precision are ``cfg``'s, ``auto`` resolved for this machine
+    (:mod:`framework.model.hardware`).
 
     Args:
         path: a model folder (:func:`check_model_dir` passed).
-        cfg: the run config (``model.dtype``, ``data.batch_size``, ``data.max_length``,
-            ``trainer.accelerator``).
+        cfg: the run config (``model.dtype``, ``trainer.*``, ``data.batch_size``,
+            ``data.max_length``, ``method.gradient_checkpointing``).
         method: the run's method descriptor (``run.plugins.describe("method", name)``).
             ``None``: :data:`CONSERVATIVE_METHOD`, as if every weight trained.
     """
     method = method if isinstance(method, Method) else CONSERVATIVE_METHOD
-    config = _read_config_json(path)
-    params, stored = count_weights(path)
-    dtype = str(cfg.model.get("dtype") or "float32").lower()
-    per_param: float = {"float32": 4, "fp32": 4}.get(dtype, 2)
-    if dtype == "auto":
-        per_param = max(1, round(stored / max(params, 1)))
-    if method.base_bits:
-        per_param = method.base_bits / 8
-    load = int(params * per_param)
-    train = load + int(params * method.share * OPTIMIZER_BYTES)
-    data = cfg.get("data") or {}
-    hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
-    layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
-    tokens = int(data.get("batch_size") or 1) * int(data.get("max_length") or 512)
-    train += tokens * hidden * layers * 34
-    device = "cpu"
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
-    if accelerator in ("auto", "gpu", "cuda"):
-        import torch
+    shape = model_shape(path)
+    device = hardware.detect((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    setup = training_setup(cfg, method, device)
+    load, train = training_memory(shape, method, setup)
+    free, what = available_memory("cuda" if device.kind == "cuda" else "cpu")
+    return MemoryEstimate(
+        shape.parameters, load, train, free, what, device.kind, setup.dtype, setup.precision
+    )
 
-        if torch.cuda.is_available():
-            device = "cuda"
-    free, what = available_memory(device)
-    return MemoryEstimate(params, load, train, free, what, device)
+
+def declared_methods(cfg: DictConfig) -> list[Method]:
+    """Every method the run's plugins declare (in-tree, installed, ``cfg.plugins``)."""
+    from framework.manager import build_plugin_manager
+
+    try:
+        plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
+    except Exception as exc:  # noqa: BLE001 - advice must never stop a run
+        log.debug("could not list the methods: %s", exc)
+        return []
+    found = (plugins.describe("method", name) for name in plugins.names("method"))
+    return [m for m in found if isinstance(m, Method)]
+
+
+#: The in-tree method configs (the checkout's ``conf/method``, as ``framework.resolvers.ROOT_DIR``
+#: finds the checkout; not imported from there: that module reaches back here).
+METHOD_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "method"
+
+
+def default_checkpointing(name: str) -> bool:
+    """``gradient_checkpointing`` as the method's own config file sets it
+    (``conf/method/<name>.yaml``; ``False`` when there is none: a plugin's own config)."""
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.load(METHOD_CONF_DIR / f"{name}.yaml")
+        return bool(node.get("gradient_checkpointing", False))
+    except Exception:  # noqa: BLE001 - no such file, or one that does not parse: not known
+        return False
+
+
+def method_alternatives(
+    path: Path, cfg: DictConfig, methods: list[Method], current: str | None = None
+) -> list[tuple[list[str], int]]:
+    """``([method names], bytes to train)`` for every declared method, least memory first.
+
+    Each is estimated with ``cfg``'s settings, and with gradient checkpointing where the
+    method's own config turns it on (QLoRA's recipe). Methods that need the same memory share
+    one entry; the method named ``current`` is left out.
+    """
+    shape = model_shape(path)
+    device = hardware.detect((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    by_bytes: dict[int, list[str]] = {}
+    for method in methods:
+        if method.name == current:
+            continue
+        setup = training_setup(cfg, method, device)
+        if not setup.gradient_checkpointing and default_checkpointing(method.name):
+            setup = replace(setup, gradient_checkpointing=True)
+        _load, train = training_memory(shape, method, setup)
+        by_bytes.setdefault(train, []).append(method.name)
+    return sorted(((sorted(names), size) for size, names in by_bytes.items()), key=lambda x: x[1])
 
 
 _warned: set[str] = set()
 
 
+def _advice(path: Path, cfg: DictConfig, est: MemoryEstimate) -> str:
+    """What would need less: the other declared methods with their estimates, then settings."""
+    lines = []
+    current = str((cfg.get("method") or {}).get("name", ""))
+    alternatives = method_alternatives(path, cfg, declared_methods(cfg), current)
+    if alternatives:
+        shown = [
+            " / ".join(f"method={n}" for n in names)
+            + f" ~{format_bytes(size)}"
+            + (" (fits)" if size <= est.free_bytes else "")
+            for names, size in alternatives
+        ]
+        lines.append("By method (same model, dtype and batch): " + ", ".join(shown) + ".")
+    other = ["a smaller data.batch_size or data.max_length"]
+    if est.dtype == "float32":
+        other.insert(0, "model.dtype=bfloat16 (half the weights' memory)")
+    if not (cfg.get("method") or {}).get("gradient_checkpointing"):
+        other.append("method.gradient_checkpointing=true")
+    lines.append(f"Also: {'; '.join(other)}; or a smaller model.")
+    return "\n  ".join(lines)
+
+
 def warn_if_too_large(
     path: Path, cfg: DictConfig, method: Method | None = None
 ) -> MemoryEstimate | None:
-    """Log a warning with the numbers when the model will likely not fit; once per folder.
+    """Say before loading whether the model will fit; warn with what would when it will not.
+
+    The estimate is logged once per folder: at INFO when it fits, as a WARNING naming the
+    declared methods that would fit (:func:`method_alternatives`) when it does not.
 
     Args:
         path: the model folder.
@@ -346,24 +575,22 @@ def warn_if_too_large(
         log.debug("memory estimate failed: %s", exc)
         return None
     key = str(Path(path).resolve())
-    if not est.fits() and key not in _warned:
-        _warned.add(key)
-        name = str((cfg.get("method") or {}).get("name", "?"))
-        if not isinstance(method, Method):
-            name += " (no method descriptor given: estimated as if every weight trained)"
-        advice = "model.dtype=bfloat16; a smaller data.batch_size or data.max_length; or a "
-        advice += "smaller model."
-        if not isinstance(method, Method) or method.kind != "adapter":
-            advice = "an adapter method (method=lora) instead of training the base weights; " + (
-                advice
-            )
-        elif not method.base_bits:
-            advice = "a quantized base (method=qlora); " + advice
-        log.warning(
-            "This model will likely not fit in memory: %s.\n  To need less: %s",
-            est.describe(name),
-            advice,
-        )
+    if key in _warned:
+        return est
+    _warned.add(key)
+    declared = isinstance(method, Method)
+    name = str((cfg.get("method") or {}).get("name", "?"))
+    if not declared:
+        name += " (no method descriptor given: estimated as if every weight trained)"
+    if est.fits():
+        log.info("Memory: %s: it should fit.", est.describe(name))
+        return est
+    try:
+        advice = _advice(path, cfg, est)
+    except Exception as exc:  # noqa: BLE001 - advice must never stop a run
+        log.debug("memory advice failed: %s", exc)
+        advice = "an adapter method, a smaller batch, or a smaller model."
+    log.warning("This model will likely not fit in memory: %s.\n  %s", est.describe(name), advice)
     return est
 
 
@@ -421,6 +648,7 @@ def load_pretrained(path: Path, cfg: DictConfig, **extra: Any) -> tuple[Any, Any
         ModelError: the folder is not a usable model, or loading it failed.
     """
     path = check_model_dir(path)
+    dtype = resolve_dtype(cfg, _METHOD.get())
     warn_if_too_large(path, cfg, _METHOD.get())
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -428,7 +656,7 @@ def load_pretrained(path: Path, cfg: DictConfig, **extra: Any) -> tuple[Any, Any
     trust = bool(model_cfg.get("trust_remote_code", False))
     has_safetensors = any(path.glob("*.safetensors"))
     kwargs = {
-        "dtype": torch_dtype(model_cfg.get("dtype")),
+        "dtype": dtype,
         "trust_remote_code": trust,
         "use_safetensors": True if has_safetensors else None,
         **(_METHOD_LOAD_KWARGS.get() or {}),

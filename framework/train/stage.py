@@ -12,8 +12,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from framework.data.prepare import load_splits
+from framework.descriptors import Method
 from framework.distributed import is_global_zero
 from framework.errors import ConfigError
+from framework.model import hardware
 from framework.run import Run, atomic_path, write_json
 from framework.train.checkpointing import SHARDED_STRATEGIES  # noqa: F401 (also used by tests)
 
@@ -102,8 +104,20 @@ def _instantiate_all(node: DictConfig | None, group: str = "callbacks") -> list[
     return built
 
 
+def resolve_precision(cfg: DictConfig) -> hardware.Choice:
+    """``trainer.precision`` for this run: the config's, or ``auto`` chosen for the device
+    (:mod:`framework.model.hardware`; logged once with the reason)."""
+    choice, _device = hardware.run_precision(cfg.get("trainer"))
+    if choice.automatic:
+        hardware.log_choice(choice)
+    return choice
+
+
 def build_trainer(run: Run) -> Any:
-    """A ``lightning.Trainer`` from ``cfg.trainer``, ``cfg.logger`` and ``cfg.callbacks``."""
+    """A ``lightning.Trainer`` from ``cfg.trainer``, ``cfg.logger`` and ``cfg.callbacks``.
+
+    ``trainer.precision: auto`` is resolved for the device (:func:`resolve_precision`).
+    """
     import lightning.pytorch as pl
 
     cfg = run.cfg
@@ -117,6 +131,7 @@ def build_trainer(run: Run) -> Any:
             where="trainer.strategy",
             hint="install what it names, or pick another trainer=... option.",
         ) from exc
+    kwargs["precision"] = resolve_precision(cfg).value
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     for extra in run.hook.tunesmith_configure_callbacks(cfg=cfg, run=run):
         callbacks.extend(extra or [])
@@ -186,13 +201,51 @@ def train(run: Run) -> None:
     """
     import time
 
+    started = time.perf_counter()
+    splits = load_splits(run)
+    # A resumed run keeps the precision and dtype its first attempt chose (even elsewhere).
+    earlier = _earlier_summary(run) if last_checkpoint(run) is not None else {}
+    with hardware.pinned(hardware.pins_from(earlier.get("hardware"))):
+        _train(run, splits, started)
+
+
+def _earlier_summary(run: Run) -> dict[str, Any]:
+    """What an earlier attempt of this run wrote to ``train_summary.json`` (``{}``: none)."""
+    import json
+
+    try:
+        loaded = json.loads((run.dir / "train_summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _hardware_record(run: Run, model: Any) -> dict[str, Any]:
+    """The ``hardware`` entry of ``train_summary.json``: device, precision, dtype, threads.
+
+    On a CPU this also sets torch's thread count (once per process; a model plugin that
+    loads without ``load_pretrained`` gets it here).
+    """
+    precision, device = hardware.run_precision(run.cfg.get("trainer"))
+    info = run.plugins.describe("method", str(run.cfg.method.name))
+    dtype = hardware.run_dtype(run.cfg, info if isinstance(info, Method) else None)
+    threads = hardware.configure_threads() if device.kind == "cpu" else None
+    record = hardware.record(precision, dtype, device, threads)
+    loaded = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if loaded is not None:
+        record["loaded_dtype"] = str(loaded).removeprefix("torch.")
+    return record
+
+
+def _train(run: Run, splits: Any, started: float) -> None:
+    """The train stage proper (see :func:`train`)."""
+    import time
+
     from framework.data.datamodule import FineTuneDataModule
     from framework.train.module import FineTuneModule, peak_rss_mb
     from framework.train.objective import describe_objective
 
     cfg = run.cfg
-    started = time.perf_counter()
-    splits = load_splits(run)
     base, tokenizer = run.ensure_model()
     method = str(cfg.method.name)
     run.plugins.require("method", method)
@@ -219,6 +272,7 @@ def train(run: Run) -> None:
         "total": total,
         "trainable_percent": round(100 * trainable / max(total, 1), 4),
         "gradient_checkpointing": bool(cfg.method.get("gradient_checkpointing", False)),
+        "hardware": _hardware_record(run, base),
         "status": "training",
     }
     if is_global_zero():

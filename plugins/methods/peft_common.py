@@ -23,7 +23,7 @@ from framework.pipeline import to_container
 log = logging.getLogger(__name__)
 
 #: Keys of the ``method`` group that are tunesmith's, not the PEFT config's.
-OWN_KEYS: frozenset[str] = frozenset({"name", "gradient_checkpointing", "quantization"})
+OWN_KEYS: frozenset[str] = frozenset({"name", "lr", "gradient_checkpointing", "quantization"})
 
 
 def peft_options(config_class: type, method_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def test_a_model_too_large_for_memory_warns_with_the_numbers(
     assert model is not None  # a warning, not a refusal
     text = caplog.text
     assert "will likely not fit in memory" in text
-    assert re.search(r"0M parameters: about [\d.]+ GiB to load and [\d.]+ GiB to train", text)
+    assert re.search(r"0M parameters: about [\d.]+ [GM]iB to load and [\d.]+ [GM]iB to train", text)
     assert "method=full" in text and "free RAM" in text and "method=lora" in text
 
 
