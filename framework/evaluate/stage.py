@@ -243,4 +243,7 @@ def evaluate(run: Run) -> dict[str, Any]:
             else "not scored (evaluator.compare_base=false)",
         },
     )
+    from framework.train.loggers import log_results
+
+    log_results(run, results)  # the trackers (cfg.logger) get base/... and tuned/... too
     return results
