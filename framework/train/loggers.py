@@ -231,30 +231,27 @@ def _build(key: str, node: DictConfig, extra: dict[str, Any]) -> Any:
         ) from exc
 
 
-def open_loggers(run: Run, resume: bool, append: bool = False) -> list[Any]:
+def open_loggers(run: Run, resume: bool, append: bool = False) -> dict[str, Any]:
     """Build every logger of ``cfg.logger``; reopen the tracker runs of an earlier command.
 
     Args:
         run: the run (its config and directory).
         resume: continue the tracker runs recorded in ``trackers.json`` (training resumes
             from a checkpoint, or a later stage adds to a finished run); ``False`` opens new
-            ones and records them.
+            ones.
         append: ask loggers that can (``csv_logger``) to keep what they wrote before.
 
     Returns:
-        The Lightning loggers, in config order.
+        ``{config key: Lightning logger}``, in config order.
 
     Raises:
         ConfigError: a logger cannot be built (a missing package, a wrong argument).
     """
-    from framework.distributed import is_global_zero
-
     node = run.cfg.get("logger")
     if not node:
-        return []
+        return {}
     saved = _saved(run) if resume else {}
-    built: list[Any] = []
-    versions: dict[str, Any] = {}
+    built: dict[str, Any] = {}
     for key, value in node.items():
         if value is None or "_target_" not in value:
             continue
@@ -262,19 +259,27 @@ def open_loggers(run: Run, resume: bool, append: bool = False) -> list[Any]:
         version = (saved.get(str(key)) or {}).get("version")
         if version not in (None, ""):
             extra["version"] = version
-        logger = _build(str(key), value, extra)
-        built.append(logger)
-        versions[str(key)] = logger
-    if is_global_zero():
-        record = {}
-        for key, logger in versions.items():
-            try:
-                version = logger.version
-            except Exception:  # noqa: BLE001 - a logger that cannot say: nothing to reopen
-                version = None
-            record[key] = {"target": type(logger).__name__, "version": _plain(version)}
-        write_json(run.dir / TRACKERS_FILE, record)
+        built[str(key)] = _build(str(key), value, extra)
     return built
+
+
+def record_versions(run: Run, loggers: dict[str, Any]) -> None:
+    """Write each logger's version (its tracker run id) to ``trackers.json`` (rank 0 only).
+
+    Call it after the loggers logged something: some (W&B) know their id only then.
+    """
+    from framework.distributed import is_global_zero
+
+    if not loggers or not is_global_zero():
+        return
+    record = {}
+    for key, logger in loggers.items():
+        try:
+            version = logger.version
+        except Exception:  # noqa: BLE001 - a logger that cannot say: nothing to reopen
+            version = None
+        record[key] = {"target": type(logger).__name__, "version": _plain(version)}
+    write_json(run.dir / TRACKERS_FILE, record)
 
 
 def _plain(value: Any) -> Any:
@@ -291,9 +296,10 @@ def start_training_loggers(run: Run, resume: bool) -> list[Any]:
     loggers = open_loggers(run, resume=resume)
     if loggers:
         params = hyperparameters(run.cfg)
-        for logger in loggers:
+        for logger in loggers.values():
             _safely(logger, "log_hyperparams", params)
-    return loggers
+        record_versions(run, loggers)
+    return list(loggers.values())
 
 
 def log_results(run: Run, results: dict[str, Any], step: int | None = None) -> list[Any]:
@@ -320,8 +326,7 @@ def log_results(run: Run, results: dict[str, Any], step: int | None = None) -> l
     loggers = open_loggers(run, resume=True, append=True)
     params = hyperparameters(run.cfg)
     step = _last_step(run) if step is None else step
-    keys = [str(k) for k, v in run.cfg.logger.items() if v is not None and "_target_" in v]
-    for key, logger in zip(keys, loggers, strict=False):
+    for key, logger in loggers.items():
         if _accepts(logger.log_hyperparams, "metrics"):
             _safely(logger, "log_hyperparams", params, metrics=metrics)
         else:
@@ -330,7 +335,8 @@ def log_results(run: Run, results: dict[str, Any], step: int | None = None) -> l
             _safely(logger, "log_metrics", metrics, step=step)
         _safely(logger, "save")
         _safely(logger, "finalize", "success")
-    return loggers
+    record_versions(run, loggers)
+    return list(loggers.values())
 
 
 def _last_step(run: Run) -> int:

@@ -128,3 +128,32 @@ def test_sweep_jobs_share_one_mlflow_experiment_named_after_the_sweep(tmp_path: 
     assert all("tuned/perplexity" in r.data.metrics for r in runs)
     job_dirs = {p.name for p in sweep_dir.iterdir() if p.is_dir()}
     assert {r.info.run_name for r in runs} == job_dirs
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_gets_the_config_and_final_metrics(tmp_path: Path) -> None:
+    """W&B's offline directory holds only its binary log (no Python reader ships with wandb
+    0.2x+), so the run is read back through wandb's own run object in this process."""
+    _needs("wandb")
+    from framework.train.loggers import TRACKERS_FILE, log_results, start_training_loggers
+    from tests.helpers import new_run
+
+    run = new_run(compose_config(["model=tiny", "logger=wandb"], run_dir=tmp_path / "run"))
+    run.dir.mkdir(parents=True)
+    (trainer_side,) = [
+        lg for lg in start_training_loggers(run, resume=False) if "Wandb" in type(lg).__name__
+    ]
+    run_id = trainer_side.experiment.id
+    saved = json.loads((run.dir / TRACKERS_FILE).read_text())
+    assert saved["wandb"]["version"] == run_id  # a later command reopens this run
+    (later,) = [
+        lg
+        for lg in log_results(run, {"tuned": {"exact_match": 0.75}})
+        if "Wandb" in type(lg).__name__
+    ]
+    experiment = later.experiment
+    assert experiment.id == run_id
+    assert experiment.config["model"]["name"] == "tiny"
+    assert experiment.summary["tuned/exact_match"] == 0.75
+    experiment.finish()
+    assert list((run.dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
