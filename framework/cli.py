@@ -13,7 +13,6 @@ The full traceback is shown with ``HYDRA_FULL_ERROR=1`` or ``TUNESMITH_DEBUG=1``
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -32,10 +31,6 @@ log = logging.getLogger("tunesmith")
 
 CONFIG_DIR = str(ROOT_DIR / "conf")
 DEBUG_ENV = "TUNESMITH_DEBUG"
-
-#: Errors of the environment a user can fix (disk, permissions), reported without a traceback.
-ENV_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
-
 
 #: Set while :func:`hydra_raises` is active: what the user had in ``HYDRA_FULL_ERROR``.
 USER_HYDRA_FULL_ERROR = "TUNESMITH_USER_HYDRA_FULL_ERROR"
@@ -122,17 +117,12 @@ def as_user_error(exc: BaseException) -> TunesmithError | None:
         return explain(exc)
     if isinstance(exc, ValueError) and _raised_by_hydra(exc):  # e.g. conflicting flags
         return ConfigError(str(exc), hint="python run.py --hydra-help lists Hydra's flags.")
-    if isinstance(exc, OSError) and exc.errno in ENV_ERRNOS:
-        from framework.run import SaveError, describe_disk
+    if isinstance(exc, OSError):  # a full disk, no permission, a read-only file system
+        from framework.run import disk_error
 
-        where = exc.filename or None
-        disk = describe_disk(os.path.dirname(str(where))) if where else ""
-        return SaveError(
-            f"Cannot write {where or 'a file'}: {exc.strerror}",
-            where=f"{where} ({disk})" if where and disk else where,
-            hint="free disk space or fix the permissions, or write elsewhere with "
-            "paths.output_dir=... (or TUNESMITH_OUTPUT=...).",
-        )
+        saved = disk_error(exc)
+        if saved is not None:
+            return saved
     return None
 
 

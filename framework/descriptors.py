@@ -220,6 +220,31 @@ class Score:
     stderr: float | None = None
 
 
+#: Levels of a :class:`Note`.
+NOTE_LEVELS = ("warning", "info")
+
+
+@dataclass(frozen=True)
+class Note:
+    """A few sentences a plugin adds to the evaluation report (from ``tunesmith_report_notes``).
+
+    Printed under the metrics table in the console and written into ``eval_report.md``.
+
+    Attributes:
+        text: what happened and what to try (Markdown; may span lines).
+        title: a short headline, e.g. ``"The tuned answers collapsed"``.
+        level: ``warning`` (something is likely wrong) or ``info``.
+    """
+
+    text: str
+    title: str = ""
+    level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.level not in NOTE_LEVELS:
+            raise ValueError(f"Note level must be one of {NOTE_LEVELS}, not {self.level!r}")
+
+
 #: Descriptor class of each stage key.
 KINDS: dict[str, type[Provided]] = {
     cls.key: cls

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # imported for annotations only: keeps start-up fast
     from lightning.pytorch import Callback
     from omegaconf import DictConfig
 
-    from framework.descriptors import Provided
+    from framework.descriptors import Note, Provided
     from framework.evaluate.context import EvalContext
     from framework.run import Run
     from framework.train.objective import LossContext
@@ -358,4 +358,31 @@ def tunesmith_board_pages() -> list[Any] | None:
         holding the page's routes, or a function ``build(board) -> APIRouter``. ``None``
         when the plugin adds no page. Fan-out: every plugin's pages are served; two pages
         with the same path are an error.
+    """
+
+
+# --------------------------------------------------------------------------- report notes
+
+
+@hookspec
+def tunesmith_report_notes(
+    results: dict[str, Any], rows: list[dict], cfg: DictConfig
+) -> list[Note | str] | None:
+    """Add notes (warnings, advice) to the evaluation report, after both sides were scored.
+
+    Called once by the evaluate stage, after ``metrics.json`` is written and before the
+    table is printed. A note is printed under the table in the console and written into
+    ``eval_report.md`` (e.g. the ``diversity`` plugin warns there when the tuned model's
+    answers collapsed).
+
+    Args:
+        results: what ``metrics.json`` holds (``base``, ``tuned``, ``directions``...).
+        rows: one dict per scored example: ``id``, ``prompt``, ``messages``, ``reference``,
+            and the generated answer of each side that generated (``base``, ``tuned``);
+            empty when no metric generated answers.
+        cfg: the run config.
+
+    Returns:
+        A list of :class:`framework.Note` (a plain string is an ``info`` note), or ``None``.
+        Fan-out: every plugin's notes are shown, warnings first.
     """

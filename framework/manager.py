@@ -70,6 +70,7 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.metrics.choice_accuracy",
     "plugins.metrics.bleu",
     "plugins.metrics.rouge",
+    "plugins.metrics.diversity",
     "plugins.metrics.validation",
     "plugins.human_eval",
     "plugins.exports.adapter",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,7 +48,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
     target = tmp / path.name
     try:
-        yield target
+        try:
+            yield target
+        except OSError as exc:  # name the file a write without a name failed on
+            if exc.filename is None or str(exc.filename).startswith(str(tmp)):
+                exc.filename = str(path)
+            raise
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f"{TMP_PREFIX}{path.name}.old")
             _rmtree(old)
@@ -87,6 +93,14 @@ def remove_stale_temps(directory: Path, depth: int = 2) -> int:
     return removed
 
 
+def _size(n: float) -> str:
+    """``'1.2 GiB'``, ``'340.0 MiB'``, ``'12.0 KiB'``: the largest unit that keeps n >= 1."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def describe_disk(path: Path) -> str:
     """``'1.2 GiB free of 50.0 GiB'`` for the file system holding ``path`` (or ``''``)."""
     import shutil
@@ -98,7 +112,83 @@ def describe_disk(path: Path) -> str:
         usage = shutil.disk_usage(probe)
     except OSError:
         return ""
-    return f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+#: errno values that mean the environment refused a write (full disk, quota, permissions,
+#: read-only file system): the user's to fix, never a bug.
+DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
+)
+
+
+def disk_failure(exc: BaseException) -> tuple[int, str, str | None] | None:
+    """``(errno, reason, file)`` when ``exc`` is a write the environment refused, else None.
+
+    Understands a plain :class:`OSError` and the :class:`shutil.Error` that ``copytree``
+    raises, whose errors are ``(src, dst, "[Errno 28] No space left on device")`` entries
+    (the first such entry is taken).
+    """
+    import re
+    import shutil
+
+    if isinstance(exc, shutil.Error):
+        entries = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        for entry in entries:
+            if not (isinstance(entry, tuple | list) and len(entry) == 3):
+                continue
+            found = re.search(r"\[Errno (\d+)\]\s*([^:'\]]*)", str(entry[2]))
+            if found and int(found.group(1)) in DISK_ERRNOS:
+                code = int(found.group(1))
+                return code, found.group(2).strip() or os.strerror(code), str(entry[1])
+        return None
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        name = exc.filename if exc.filename is not None else None
+        return int(exc.errno), exc.strerror or os.strerror(exc.errno), name and str(name)
+    return None
+
+
+def _written(what: str | None, target: str | None) -> str:
+    if what and target:
+        return f"{what} ({target})"
+    return what or target or "a file"
+
+
+def disk_error(
+    exc: BaseException, what: str | None = None, path: Path | str | None = None
+) -> SaveError | None:
+    """The :class:`SaveError` to show for a refused write, naming the file and the free space.
+
+    Args:
+        exc: what the write raised (an :class:`OSError` or a :class:`shutil.Error`).
+        what: what was being written, e.g. ``"the prepared data"`` (``None``: just the file).
+        path: the file or folder written, when ``exc`` does not name one.
+
+    Returns:
+        ``None`` when ``exc`` is not a refused write (a bug, a missing file...).
+    """
+    found = disk_failure(exc)
+    if found is None:
+        return None
+    code, reason, name = found
+    if name and TMP_PREFIX in name and path is not None:  # a temporary folder: name the real one
+        name = str(Path(path) / Path(name).name)
+    target = name or (str(path) if path is not None else None)
+    disk = describe_disk(Path(target).parent) if target else ""
+    full = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return SaveError(
+        f"Cannot write {_written(what, target)}: {reason}"
+        + (f"; {disk} there" if disk else "")
+        + ".",
+        where=target,
+        hint=(
+            "free disk space, or write elsewhere with paths.output_dir=/a/bigger/disk (or "
+            "TUNESMITH_OUTPUT=...); then re-run the same command to continue."
+            if full
+            else "fix the permissions, or write elsewhere with paths.output_dir=... "
+            "(or TUNESMITH_OUTPUT=...)."
+        ),
+    )
 
 
 def check_writable(directory: Path, what: str = "the run") -> None:

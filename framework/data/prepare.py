@@ -41,7 +41,7 @@ from framework.data.cleaning import (
 )
 from framework.data.records import check_text
 from framework.errors import ConfigError, DataError, RecordError, did_you_mean
-from framework.run import Run, atomic_path, read_jsonl, write_jsonl
+from framework.run import Run, atomic_path, disk_error, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -577,8 +577,14 @@ def _reuse(run: Run, fp: str, cache_dir: Path | None) -> dict[str, list[dict]] |
         log.info("data unchanged since the last prepare of this run; reusing %s", run.data_dir)
     elif cache_dir is not None and (cache_dir / fp / "report.json").exists():
         log.info("reusing prepared data from the cache: %s", cache_dir / fp)
-        with atomic_path(run.data_dir) as tmp:
-            shutil.copytree(cache_dir / fp, tmp)
+        try:
+            with atomic_path(run.data_dir) as tmp:
+                shutil.copytree(cache_dir / fp, tmp)
+        except OSError as exc:  # shutil.Error too: copytree gathers each file's error
+            err = disk_error(exc, "the prepared data (copied from the cache)", run.data_dir)
+            if err is None:
+                raise
+            raise err from exc
     else:
         return None
     report = json.loads(own.read_text(encoding="utf-8"))

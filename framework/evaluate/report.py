@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from framework.descriptors import Note
 from framework.run import atomic_path
 
 #: The key of ``metrics.json`` with each metric's direction: ``{key: "higher" | "lower" |
@@ -110,6 +111,56 @@ def print_table(results: dict[str, Any], title: str = "evaluation") -> None:
         console.print(note, soft_wrap=True, markup=False, highlight=False)
 
 
+def collect_notes(
+    hook: Any, results: dict[str, Any], rows: list[dict], cfg: DictConfig
+) -> list[Note]:
+    """Every plugin's ``tunesmith_report_notes``, warnings first (a string is an info note).
+
+    Args:
+        hook: the plugin manager's hook relay (``run.hook``).
+        results: what ``metrics.json`` holds.
+        rows: the scored examples with each side's answer (``predictions.jsonl``).
+        cfg: the run config.
+    """
+    notes: list[Note] = []
+    for returned in hook.tunesmith_report_notes(results=results, rows=rows, cfg=cfg):
+        for note in returned or []:
+            notes.append(note if isinstance(note, Note) else Note(str(note), level="info"))
+    return sorted(notes, key=lambda n: n.level != "warning")
+
+
+def note_heading(note: Note) -> str:
+    """``"Warning: <title>"`` / ``"Note: <title>"`` (the title may be empty)."""
+    word = "Warning" if note.level == "warning" else "Note"
+    return f"{word}: {note.title}" if note.title else word
+
+
+def print_notes(notes: list[Note]) -> None:
+    """Print each note under the table: warnings in yellow, so they are not missed."""
+    if not notes:
+        return
+    from rich.console import Console
+
+    console = Console()
+    for note in notes:
+        style = "bold yellow" if note.level == "warning" else "bold"
+        console.print()
+        console.print(note_heading(note), style=style, markup=False, highlight=False)
+        console.print(note.text, soft_wrap=True, markup=False, highlight=False)
+
+
+def markdown_notes(notes: list[Note]) -> list[str]:
+    """The notes as Markdown lines (a quoted block each)."""
+    lines: list[str] = []
+    for note in notes:
+        icon = "⚠️ " if note.level == "warning" else ""
+        lines.append(f"> **{icon}{note_heading(note)}**")
+        lines.append(">")
+        lines += [f"> {line}".rstrip() for line in note.text.splitlines()]
+        lines.append("")
+    return lines
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     lines = ["| metric | base | tuned | change |", "|---|---:|---:|---:|"]
@@ -161,9 +212,10 @@ def write_report(
     rows: list[dict],
     cfg: DictConfig,
     info: dict[str, Any],
+    notes: list[Note] | None = None,
 ) -> Path:
-    """Write ``eval_report.md``: the table (with each metric's declared direction), then the
-    examples that improved and got worse.
+    """Write ``eval_report.md``: the table (with each metric's declared direction), the
+    plugins' notes (:func:`collect_notes`), then the examples that improved and got worse.
 
     Examples are ranked by the change of their chrF (character n-gram F-score against the
     reference, 0-100, fair to English and Chinese alike); ``evaluator.report_examples``
@@ -191,6 +243,7 @@ def write_report(
         "",
         directions_text(results),
         "",
+        *markdown_notes(notes or []),
     ]
     scored = example_scores(rows)
     if scored:

@@ -194,7 +194,7 @@ def evaluate(run: Run) -> dict[str, Any]:
         value}, "tuned": {metric: value}, "directions": {metric: "higher" | "lower" |
         None}}`` (a side is absent when it was not scored).
     """
-    from framework.evaluate.report import print_table, write_report
+    from framework.evaluate.report import collect_notes, print_notes, print_table, write_report
 
     cfg = run.cfg
     check_metrics(run)
@@ -229,7 +229,9 @@ def evaluate(run: Run) -> dict[str, Any]:
     run.metrics.pop(STDERR, None)  # from an earlier evaluation in this process
     run.metrics.update(results)
     write_json(run.dir / "metrics.json", results)
+    notes = collect_notes(run.hook, results, rows, cfg)  # e.g. "the tuned answers collapsed"
     print_table(results, title=f"evaluation on the {cfg.evaluator.get('split', 'test')} split")
+    print_notes(notes)
     write_report(
         run.dir / "eval_report.md",
         results,
@@ -242,5 +244,9 @@ def evaluate(run: Run) -> dict[str, Any]:
             if "base" in results
             else "not scored (evaluator.compare_base=false)",
         },
+        notes=notes,
     )
+    from framework.train.loggers import log_results
+
+    log_results(run, results)  # the trackers (cfg.logger) get base/... and tuned/... too
     return results

@@ -135,7 +135,10 @@ def build_trainer(run: Run) -> Any:
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
     for extra in run.hook.tunesmith_configure_callbacks(cfg=cfg, run=run):
         callbacks.extend(extra or [])
-    loggers = _instantiate_all(cfg.get("logger"), "logger") or False
+    from framework.train.loggers import start_training_loggers
+
+    # the resolved config goes to every logger; a resumed run continues its tracker runs
+    loggers = start_training_loggers(run, resume=last_checkpoint(run) is not None) or False
     try:
         return pl.Trainer(
             default_root_dir=str(run.dir), logger=loggers, callbacks=callbacks, **kwargs

@@ -161,3 +161,66 @@ def test_importing_an_unscored_sheet_says_so_and_writes_valid_json(tmp_path: Pat
     assert saved["sides"]["tuned"]["win_rate"] is None  # strict JSON: null, never NaN
     summary = (sheet.parent / "results.md").read_text(encoding="utf-8")
     assert "None of the 12 items is scored yet" in summary and "nan" not in summary
+
+
+# --------------------------------------------------------------------------- 1-5 ratings
+
+
+def test_ratings_sheet_is_blinded_and_gives_mean_ratings_per_side(tmp_path: Path) -> None:
+    from framework.evaluate.human_eval import CRITERIA, RATINGS
+
+    preds = _predictions(tmp_path / "run", n=4)
+    sheet, key = export_sheet(
+        Side("base", preds, "base"), Side("tuned", preds, "tuned"), tmp_path / "he", seed=1
+    )
+    ratings = sheet.parent / RATINGS
+    rows = _read(ratings)
+    assert len(rows) == 8  # one row per answer: A and B of each of the 4 items
+    assert list(rows[0]) == ["item", "answer", "prompt", "reference", "text", *CRITERIA, "comment"]
+    text = ratings.read_text(encoding="utf-8-sig")
+    assert "base" not in text and "tuned" not in text and "问题" in text
+    items = json.loads(key.read_text())["items"]
+    # tuned: correctness 4 and 5 on two answers, fluency 3 on one; base: correctness 2 on all
+    tuned_correct = iter(["4", "5"])
+    for r in rows:
+        side = items[r["item"]][r["answer"]]
+        assert r["text"].startswith("reply two" if side == "tuned" else "reply one")
+        if side == "base":
+            r["correctness"] = "2"
+        elif r["item"] in ("0001", "0002"):
+            r["correctness"] = next(tuned_correct)
+            r["fluency"] = "3" if r["item"] == "0001" else ""
+    _write(ratings, rows)
+    results = import_dir(tmp_path / "he")
+    got = results["ratings"]
+    assert got["answers"] == 8 and got["rated"] == 6  # 4 base + 2 tuned answers rated
+    assert got["sides"]["base"]["correctness"] == {"mean": 2.0, "count": 4}
+    assert got["sides"]["tuned"]["correctness"] == {"mean": 4.5, "count": 2}
+    assert got["sides"]["tuned"]["fluency"] == {"mean": 3.0, "count": 1}
+    assert got["sides"]["tuned"]["diversity"] == {"mean": None, "count": 0}
+    saved = json.loads((tmp_path / "he" / "results.json").read_text())
+    assert saved["ratings"] == got
+    md = (tmp_path / "he" / "results.md").read_text()
+    assert "| tuned | 4.50 (n=2) | - | 3.00 (n=1) | - |" in md
+    assert "6 of 8 answers rated" in md
+
+
+def test_a_rating_outside_1_to_5_names_its_cell(tmp_path: Path) -> None:
+    from framework.evaluate.human_eval import RATINGS, parse_rating
+
+    assert parse_rating(" 5 ", "x") == 5 and parse_rating("", "x") is None
+    assert parse_rating("3.0", "x") == 3
+    preds = _predictions(tmp_path / "run", n=2)
+    sheet, _ = export_sheet(
+        Side("base", preds, "base"), Side("tuned", preds, "tuned"), tmp_path / "he"
+    )
+    rows = _read(sheet.parent / RATINGS)
+    rows[1]["reasonableness"] = "6"
+    _write(sheet.parent / RATINGS, rows)
+    with pytest.raises(DataError) as err:
+        import_dir(tmp_path / "he")
+    text = err.value.format()
+    assert "'6' is not a rating" in text and f"{RATINGS}:3 column reasonableness" in text
+    # filled ratings are never overwritten by a new export
+    with pytest.raises(DataError, match="already has ratings"):
+        export_sheet(Side("base", preds, "base"), Side("tuned", preds, "tuned"), tmp_path / "he")
