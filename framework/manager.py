@@ -71,6 +71,7 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.methods.prompt_tuning",
     "plugins.methods.prefix_tuning",
     "plugins.methods.qlora",
+    "plugins.metrics.lm_eval_tasks",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

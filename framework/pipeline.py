@@ -321,6 +321,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         raise ConfigError("No stage to run.", where="stages", hint="e.g. stages=[prepare,train]")
     for stage in stages:
         plugins.require("stage", stage)
+    plugins.hook.tunesmith_check_config(cfg=cfg, plugins=plugins)  # plugins' own options
 
     sessions = plugins.sessions()
     # Session stages (chat, serve) use a run without changing it: they are not recorded in

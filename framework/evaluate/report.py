@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,11 @@ def write_report(
     rows: list[dict],
     cfg: DictConfig,
     info: dict[str, Any],
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``eval_report.md``: the table, then the examples that improved and got worse.
+
+    ``sections`` (Markdown from the ``tunesmith_report_sections`` hook) follow the table.
 
     Examples are ranked by the change of their chrF (character n-gram F-score against the
     reference, 0-100, fair to English and Chinese alike); ``evaluator.report_examples``
@@ -139,6 +143,8 @@ def write_report(
         "BLEU and chrF are on a 0-100 scale, the others on 0-1.",
         "",
     ]
+    for section in sections:
+        lines += [section.rstrip(), ""]
     scored = example_scores(rows)
     if scored:
         improved = sorted((r for r in scored if r["delta"] > 0), key=lambda r: -r["delta"])

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from framework.descriptors import Score
 from framework.errors import ConfigError, DataError
 from framework.evaluate.context import EvalContext
 from framework.evaluate.predictions import PREDICTIONS, PredictionStore, example_id
@@ -59,7 +60,8 @@ def score(run: Run, ctx: EvalContext) -> dict[str, float]:
         if not keys:
             missing.append(n)
         for k in keys:
-            out[k] = float(merged[k])
+            value = merged[k]
+            out[k] = float(value.value if isinstance(value, Score) else value)
     if missing:
         raise ConfigError(
             f"No plugin computed the metrics {missing}.",
@@ -167,11 +169,13 @@ def evaluate(run: Run) -> dict[str, Any]:
     run.metrics.update(results)
     write_json(run.dir / "metrics.json", results)
     print_table(results, title=f"evaluation on the {cfg.evaluator.get('split', 'test')} split")
+    sections = [s for s in run.hook.tunesmith_report_sections(run=run, results=results) if s]
     write_report(
         run.dir / "eval_report.md",
         results,
         rows,
         cfg,
+        sections=sections,
         info={
             "examples": len(examples),
             "tuned": source.describe() if source else "none",
