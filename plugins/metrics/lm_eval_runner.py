@@ -21,7 +21,8 @@ import fnmatch
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -274,8 +275,47 @@ def run_dir_of(ctx: Any) -> Path:
     return Path(str(OmegaConf.select(ctx.cfg, "paths.run_dir", default=".")))
 
 
+#: lm-eval warnings that are expected here and say nothing to act on (dropped from the log).
+_EXPECTED = (
+    "`pretrained` model kwarg is not of type `str`",  # we pass the model in memory on purpose
+    "Passed an already-initialized model",
+    "Custom kwargs can be passed to `--metadata`",  # a task with a custom loader (ours)
+)
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _EXPECTED)
+
+
+@contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's log at WARNING (its INFO lines repeat what tunesmith says), without the
+    expected warnings above, while it runs."""
+    top = logging.getLogger("lm_eval")
+    level = top.level
+    if level == logging.NOTSET or level < logging.WARNING:
+        top.setLevel(logging.WARNING)
+    drop = _DropExpected()
+    loggers = [logging.getLogger(f"lm_eval.{n}") for n in ("models.huggingface", "api.task")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        top.setLevel(level)
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 def simple_evaluate(model: Any, tokenizer: Any, opts: Options) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` on ``model`` (in memory) with ``opts``; lm-eval's results."""
+    with _quiet_lm_eval():
+        return _simple_evaluate(model, tokenizer, opts)
+
+
+def _simple_evaluate(model: Any, tokenizer: Any, opts: Options) -> dict[str, Any]:
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
@@ -462,6 +502,12 @@ def verdict(
     )
 
 
+def _limit_text(limit: int | float) -> str:
+    if isinstance(limit, float) and limit < 1:
+        return f" · {100 * limit:g}% of the items of each task"
+    return f" · at most {limit} items per task"
+
+
 def forgetting_section(run_dir: Path, metrics: Mapping[str, Any], cfg: DictConfig) -> str | None:
     """The report's lm-eval section: a base / tuned table with standard errors, and for each
     task asked for, whether the tuned model lost more than the noise."""
@@ -484,7 +530,7 @@ def forgetting_section(run_dir: Path, metrics: Mapping[str, Any], cfg: DictConfi
         "## Benchmarks (lm-eval)",
         "",
         f"Tasks: {', '.join(opts.tasks)}"
-        + (f" · at most {opts.limit} items each" if opts.limit else "")
+        + (_limit_text(opts.limit) if opts.limit else "")
         + (f" · {opts.num_fewshot}-shot" if opts.num_fewshot is not None else "")
         + (" · chat template" if opts.apply_chat_template else "")
         + f". Per-sample logs: `{OUT_DIR}/<side>/samples_<task>.jsonl`.",
@@ -501,22 +547,24 @@ def forgetting_section(run_dir: Path, metrics: Mapping[str, Any], cfg: DictConfi
         if base is not None and tuned is not None:
             sign = "+" if tuned.value >= base.value else "-"
             change = f"{sign}{_fmt(abs(tuned.value - base.value), pct)}"
-            if base.stderr is not None and tuned.stderr is not None:
-                spread = _fmt(2 * math.hypot(base.stderr, tuned.stderr), pct)
             if name in asked or not asked:
                 task, _, metric = short.partition("/")
                 line = verdict(task, metric, base, tuned, opts.noise, pct)
                 if line:
                     verdicts.append(line)
+        errors = [s.stderr for s in (base, tuned) if s is not None]
+        if errors and None not in errors:
+            spread = _fmt(2 * math.hypot(*errors), pct)
         lines.append(
             f"| {short} | {_fmt(base.value, pct) if base else ''} | "
             f"{_fmt(tuned.value, pct) if tuned else ''} | {change} | {spread} |"
         )
     lines += [
         "",
-        "The standard error (s.e.) comes from the number of items: with n items an accuracy "
-        "near 50% has a s.e. of about 50/√n points. A change smaller than about twice the "
-        "combined s.e. of both sides is noise.",
+        "The standard error (s.e.) shrinks with the number of items"
+        + (": with n items an accuracy near 50% has a s.e. of about 50/√n points" if pct else "")
+        + ". A change smaller than about twice the combined s.e. of both sides "
+        "(the last column) is noise.",
         "",
     ]
     if verdicts:
