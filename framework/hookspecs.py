@@ -386,3 +386,40 @@ def tunesmith_report_notes(
         A list of :class:`framework.Note` (a plain string is an ``info`` note), or ``None``.
         Fan-out: every plugin's notes are shown, warnings first.
     """
+
+
+# --------------------------------------------------------------------------- checks and reports
+
+
+@hookspec
+def tunesmith_check_config(cfg: DictConfig, plugins: Any) -> None:
+    """Check the options a plugin reads before any stage runs (so before training).
+
+    Called once by the pipeline after the plugin manager is built and the stage names are
+    checked, before the first stage. Raise :class:`framework.errors.ConfigError` for a
+    value that would fail later (a misspelled benchmark task name, a missing folder). Keep
+    it cheap: load no model. Only check what the run will use (``cfg.stages``,
+    ``cfg.evaluator.metrics``...).
+
+    Args:
+        cfg: the whole run config.
+        plugins: the plugin manager (:class:`framework.manager.TunesmithPluginManager`).
+
+    Fan-out: every plugin is called; return values are ignored.
+    """
+
+
+@hookspec
+def tunesmith_report_sections(run: Run, results: dict[str, Any]) -> str | None:
+    """Add a section to ``eval_report.md`` after the metrics table.
+
+    Called by the evaluate stage once both sides are scored, before the report is written.
+
+    Args:
+        run: the current run (its config and directory).
+        results: what is written to ``metrics.json`` (``{"base": {...}, "tuned": {...}}``).
+
+    Returns:
+        Markdown (start it with a ``## `` heading), or ``None``. Fan-out: every section is
+        appended, in plugin order.
+    """

@@ -82,6 +82,7 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.methods.prefix_tuning",
     "plugins.methods.qlora",
     "plugins.board",
+    "plugins.metrics.lm_eval_tasks",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

@@ -435,6 +435,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     if not stages:
         raise ConfigError("No stage to run.", where="stages", hint="e.g. stages=[prepare,train]")
     check_names(cfg, plugins, stages)
+    plugins.hook.tunesmith_check_config(cfg=cfg, plugins=plugins)  # plugins' own options
 
     sessions = plugins.sessions()
     # Session stages (chat, serve) use a run without changing it: they are not recorded in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +214,12 @@ def write_report(
     cfg: DictConfig,
     info: dict[str, Any],
     notes: list[Note] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``eval_report.md``: the table (with each metric's declared direction), the
     plugins' notes (:func:`collect_notes`), then the examples that improved and got worse.
+
+    ``sections`` (Markdown from the ``tunesmith_report_sections`` hook) follow the table.
 
     Examples are ranked by the change of their chrF (character n-gram F-score against the
     reference, 0-100, fair to English and Chinese alike); ``evaluator.report_examples``
@@ -245,6 +249,8 @@ def write_report(
         "",
         *markdown_notes(notes or []),
     ]
+    for section in sections:
+        lines += [section.rstrip(), ""]
     scored = example_scores(rows)
     if scored:
         improved = sorted((r for r in scored if r["delta"] > 0), key=lambda r: -r["delta"])

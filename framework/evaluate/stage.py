@@ -232,11 +232,13 @@ def evaluate(run: Run) -> dict[str, Any]:
     notes = collect_notes(run.hook, results, rows, cfg)  # e.g. "the tuned answers collapsed"
     print_table(results, title=f"evaluation on the {cfg.evaluator.get('split', 'test')} split")
     print_notes(notes)
+    sections = [s for s in run.hook.tunesmith_report_sections(run=run, results=results) if s]
     write_report(
         run.dir / "eval_report.md",
         results,
         rows,
         cfg,
+        sections=sections,
         info={
             "examples": len(examples),
             "tuned": source.describe() if source else "none",
