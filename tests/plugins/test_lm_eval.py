@@ -88,6 +88,11 @@ def test_numbers_equal_lm_eval_own_run(evaluated) -> None:
             assert scores[key].stderr == pytest.approx(
                 float(own[side][task]["acc_stderr,none"]), abs=1e-9
             )
+            # metrics.json records lm-eval's direction and standard error with the value
+            assert saved["directions"][key] == "higher"
+            assert saved["stderr"][side][key] == pytest.approx(
+                float(own[side][task]["acc_stderr,none"]), abs=1e-9
+            )
         assert metrics[side]["perplexity"] > 0  # the default metrics are still scored
 
 
@@ -227,10 +232,17 @@ def test_a_sweep_ranks_jobs_by_a_benchmark_metric() -> None:
     from framework.sweep.report import rank
 
     key = "tuned/lm_eval/general_knowledge/acc"
+    # what a job records: its metrics and, per key, the direction lm-eval declared
     jobs = [
-        JobRecord(n, f"job{n}", [f"method.r={r}"], "finished", {"tuned": {KEYS[0]: acc}})
+        JobRecord(
+            n,
+            f"job{n}",
+            [f"method.r={r}"],
+            "finished",
+            {"tuned": {KEYS[0]: acc}, "directions": {KEYS[0]: "higher"}},
+        )
         for n, (r, acc) in enumerate([(4, 0.40), (8, 0.55), (16, 0.50)])
     ]
-    metric, direction = choose_metric(None, jobs, metric=key)
-    assert (metric, direction) == (key, "maximize")
-    assert [row.job.num for row in rank(jobs, metric, direction)] == [1, 2, 0]
+    ranking = choose_metric(None, jobs, metric=key)
+    assert (ranking.metric, ranking.direction, ranking.source) == (key, "maximize", "declared")
+    assert [row.job.num for row in rank(jobs, ranking.metric, ranking.direction)] == [1, 2, 0]
