@@ -194,6 +194,64 @@ def probe(tmp_path: Path) -> Path:
     return tmp_path / "probe"
 
 
+@pytest.mark.parametrize(
+    ("env", "zero", "overrides"),
+    [
+        ({}, True, []),
+        ({"NODE_RANK": "0", "LOCAL_RANK": "0"}, True, []),
+        # a node the cluster started: not rank 0 before Lightning knows the devices per node
+        (
+            {"NODE_RANK": "1"},
+            False,
+            ["hydra.output_subdir=null", "hydra.job.name=train_node1_process0"],
+        ),
+        ({"GROUP_RANK": "1", "LOCAL_RANK": "0"}, False, None),  # torchelastic
+        ({"NODE_RANK": "0", "LOCAL_RANK": "1"}, False, None),  # started by Lightning on node 0
+        (
+            {"RANK": "3", "NODE_RANK": "1"},
+            False,
+            ["hydra.output_subdir=null", "hydra.job.name=train_rank3"],
+        ),
+        ({"SLURM_PROCID": "0"}, True, []),
+    ],
+)
+def test_which_process_writes_the_run(
+    monkeypatch: pytest.MonkeyPatch, env: dict, zero: bool, overrides: list | None
+) -> None:
+    from framework import distributed
+
+    for key in (*_CLUSTER_VARS, "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.is_global_zero() is zero
+    if overrides is not None:
+        assert distributed.worker_hydra_overrides() == overrides
+
+
+@pytest.mark.parametrize(("n", "world"), [(32, 2), (7, 3), (2, 4)])
+def test_processes_share_out_the_one_process_order(n: int, world: int) -> None:
+    """Global batch k of ``world`` processes with batch b == batch k of one with world * b."""
+    from framework.data.sampler import EpochShuffleSampler, ShardedEpochSampler
+
+    b = 2
+    one = EpochShuffleSampler(n, seed=5)
+    one.set_epoch(3)
+    order = list(one)
+    shards = []
+    for rank in range(world):
+        sampler = ShardedEpochSampler(n, seed=5, num_replicas=world, rank=rank)
+        sampler.set_epoch(3)
+        shards.append(list(sampler))
+    assert len({len(s) for s in shards}) == 1  # as many batches on every process
+    for k in range(-(-n // (world * b))):
+        together = sorted(i for s in shards for i in s[k * b : (k + 1) * b])
+        expected = order[k * world * b : (k + 1) * world * b]
+        # the last batch is padded with the epoch's first examples, as DistributedSampler does
+        padded = (expected + order * world)[: len(together)]
+        assert together == sorted(padded), k
+
+
 @pytest.mark.slow
 def test_two_nodes_over_loopback_train_like_one_process_with_the_same_global_batch(
     tmp_path: Path, probe: Path
