@@ -229,6 +229,29 @@ def test_which_process_writes_the_run(
         assert distributed.worker_hydra_overrides() == overrides
 
 
+def test_another_node_reads_the_prepared_data_only_when_training_needs_it(
+    tmp_path: Path, alpaca_file: Path
+) -> None:
+    """A worker's splits are read on first use (after Lightning's rendezvous, so after rank 0
+    prepared them); a node that cannot see them is told about the shared directory."""
+    from framework.errors import TunesmithError
+    from framework.manager import build_plugin_manager
+    from framework.pipeline import PreparedSplits
+    from framework.run import Run
+
+    cfg = compose_config([*TINY, "data=alpaca", f"data.path={alpaca_file}"], tmp_path / "run")
+    run = Run(cfg=cfg, dir=tmp_path / "run", plugins=build_plugin_manager())
+    splits = PreparedSplits(run)  # nothing read yet: rank 0 may not have prepared them
+    with pytest.raises(TunesmithError) as err:
+        splits.get("train")
+    assert "shared filesystem" in str(err.value)
+
+    from framework.data.prepare import prepare
+
+    prepared = prepare(run)  # what rank 0 does before it joins training
+    assert splits.get("train") == prepared["train"] and set(splits) == {"train", "val", "test"}
+
+
 @pytest.mark.parametrize(("n", "world"), [(32, 2), (7, 3), (2, 4)])
 def test_processes_share_out_the_one_process_order(n: int, world: int) -> None:
     """Global batch k of ``world`` processes with batch b == batch k of one with world * b."""
