@@ -168,6 +168,9 @@ def main() -> None:
         sys.exit(plugins_main(sys.argv[2:]))
     register_resolvers()
     debug = debug_enabled()
+    from framework.distributed import worker_hydra_overrides
+
+    sys.argv += worker_hydra_overrides()  # another node's process writes only its log file
     try:
         from framework.config_check import check_command_line
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from framework.run import (
     SaveError,
     check_writable,
     read_checkpoint_note,
+    read_jsonl,
     remove_stale_temps,
     run_lock,
     write_text,
@@ -429,7 +431,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             where=missing[0],
             hint=f"add {missing[0]}=<value> to the command.",
         )
-    check_writable(run_dir)
+    if is_global_zero():  # the others write nothing to the run directory
+        check_writable(run_dir)
     plugins = build_plugin_manager(extra=list(cfg.get("plugins") or []))
     stages = [str(s) for s in cfg.stages]
     if not stages:
@@ -494,13 +497,57 @@ def _run_recorded(run: Run, plan: list[str]) -> None:
     return run.metrics
 
 
+class PreparedSplits(Mapping[str, list[dict]]):
+    """The splits rank 0 prepares (``data/{train,val,test}.jsonl``), read when first used.
+
+    A worker on another node is started by the cluster, not by rank 0, so it may start before
+    rank 0 has prepared the data. It must not read the splits (nor prepare them itself)
+    until then. The data module first reads them in ``setup()``, which Lightning calls after
+    every process has joined the process group (``trainer.fit`` -> ``barrier("pre_setup")``),
+    and rank 0 joins only from its train stage, after prepare: Lightning's rendezvous is the
+    wait.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._splits: dict[str, list[dict]] | None = None
+
+    def _load(self) -> dict[str, list[dict]]:
+        if self._splits is None:
+            from framework.data.prepare import SPLITS
+
+            paths = [self.run.data_dir / f"{s}.jsonl" for s in SPLITS]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise TunesmithError(
+                    f"This process (not global rank 0) finds no prepared data: {missing[0]} "
+                    "is missing.",
+                    where=str(self.run.dir),
+                    hint="every node must see the same run directory (a shared filesystem), "
+                    "e.g. hydra.run.dir=/shared/runs/<name> on each node's command.",
+                )
+            self._splits = {s: read_jsonl(p) for s, p in zip(SPLITS, paths, strict=True)}
+        return self._splits
+
+    def __getitem__(self, split: str) -> list[dict]:
+        return self._load()[split]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 def run_as_worker(run: Run, stages: list[str]) -> dict[str, Any]:
     """A process of rank > 0 under a multi-process strategy: join the training stages only.
 
-    Rank 0 prepared the data before it started this process, and saves, evaluates and
+    Rank 0 prepares the data before training (before it starts the other processes of its
+    node; other nodes wait for it, see :class:`PreparedSplits`), and saves, evaluates and
     exports after training; this process writes nothing to the run's state.
     """
     seed_everything(int(run.cfg.seed))
+    run.splits = PreparedSplits(run)  # type: ignore[assignment]
     for stage in stages:
         if stage in EVERY_RANK_STAGES:
             run.plugins.run_stage(stage, run)

@@ -221,13 +221,28 @@ class FineTuneDataModule(pl.LightningDataModule):
             # Length-grouped order; an interrupted run resumes it at the epoch boundary.
             return self._loader("train", shuffle=True)
         # Resumable mid-epoch with the same data order (see framework/data/sampler.py).
-        from framework.data.sampler import ResumableDataLoader
+        from framework.data.sampler import ResumableDataLoader, ShardedEpochSampler
 
+        trainer = self.trainer
+        sampler = None
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and bool(self.cfg.trainer.get("use_distributed_sampler", True))
+        ):  # several processes: each its share of the one-process order
+            sampler = ShardedEpochSampler(
+                len(self.encoded["train"]),
+                int(self.cfg.seed),
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+            )
+            sampler.set_epoch(trainer.current_epoch)
         return ResumableDataLoader(
             self.encoded["train"],
             batch_size=int(self.cfg.data.batch_size),
             seed=int(self.cfg.seed),
-            epoch=self.trainer.current_epoch if self.trainer is not None else 0,
+            epoch=trainer.current_epoch if trainer is not None else 0,
+            sampler=sampler,
             collate_fn=self.collator(packing=None),  # packs rows when data.packing=true
             num_workers=int(self.cfg.data.get("num_workers", 0)),
         )

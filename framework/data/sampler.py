@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -61,6 +61,43 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
+class ShardedEpochSampler(DistributedSampler):
+    """:class:`EpochShuffleSampler`'s order of the whole data set, dealt out to the processes.
+
+    Process ``r`` of ``w`` takes positions ``r, r + w, r + 2w...`` of the one-process order,
+    so global batch ``k`` of ``w`` processes with batch ``b`` holds exactly the examples of
+    batch ``k`` of one process with batch ``w * b``: adding devices changes how fast a run
+    goes, not what it trains on. (Lightning's own sampler would shuffle the order a second
+    time.) Being a ``DistributedSampler``, Lightning uses it as it is and calls
+    :meth:`set_epoch` on it.
+
+    Args:
+        n: the number of examples.
+        seed: the run's seed.
+        shuffle: ``False`` keeps the file order.
+        num_replicas: the number of processes (default: the process group's size).
+        rank: this process's global rank (default: from the process group).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.epoch_order = EpochShuffleSampler(n, seed, shuffle)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order.order(self.epoch)
+        # Padded to a multiple of the processes with its first examples, as DistributedSampler.
+        while len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose position inside an epoch survives a checkpoint.
 
@@ -71,8 +108,8 @@ class ResumableDataLoader(DataLoader):
         shuffle: shuffle each epoch (``False``: file order).
         epoch: the epoch this loader starts in (the trainer's current epoch); a saved state
             from another epoch is ignored, so extending a finished run starts a fresh epoch.
-        sampler: only when Lightning re-creates the loader with its own sampler (multi-device
-            training); the position is then restored by skipping batches.
+        sampler: a :class:`ShardedEpochSampler` (several processes), or Lightning's own when
+            it re-creates the loader; the position is then restored by skipping batches.
         **kwargs: any other ``DataLoader`` argument (``collate_fn``, ``num_workers``...).
     """
 

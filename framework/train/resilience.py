@@ -440,7 +440,8 @@ class ResumeState(pl.Callback):
         if self._resumed is None or not trainer.ckpt_path:
             return
         restore_data_position(trainer)
-        for logger, header, rows in self._history:
+        # only rank 0 writes logs (elsewhere a logger's experiment is a do-nothing stand-in)
+        for logger, header, rows in self._history if trainer.is_global_zero else []:
             try:
                 write_csv_history(logger, header, rows)
             except (OSError, AttributeError) as exc:  # only the curve's history is at stake
