@@ -200,6 +200,11 @@ class SweepCallback(Callback):
         global _outcome
         if not _is_multirun(config):
             return
+        from framework.distributed import is_global_zero
+
+        if not is_global_zero():  # a multi-process job (DDP, a SLURM task array): rank 0 writes
+            _outcome = None
+            return
         from hydra.core.utils import JobStatus
 
         job_dir = Path(str(config.hydra.runtime.output_dir))
