@@ -255,6 +255,9 @@ def train(run: Run) -> None:
     )
     write_json(run.dir / "train_summary.json", summary)
     plot_loss_curves(run)
+    from framework.data.report import draw_pending_plots
+
+    draw_pending_plots()  # the data report's histogram, left for after training
 
 
 #: Strategies whose processes each hold only a shard of the weights after ``fit``.
