@@ -72,9 +72,9 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
     from omegaconf import open_dict
 
     from framework.cli import CONFIG_DIR
-    from framework.data.chat import prompt_of
+    from framework.data.chat import prompt_of, reference_of
     from framework.manager import build_plugin_manager
-    from framework.model.generation import generate, prompt_text
+    from framework.model.generation import generate, prompt_text, resolve_max_new_tokens
     from framework.resolvers import register_resolvers
     from framework.run import read_jsonl
 
@@ -90,17 +90,20 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
     net, tokenizer = plugins.hook.tunesmith_build_model(name=str(cfg.model.name), cfg=cfg)
     examples = read_jsonl(Path(test_path))[:samples]
     prompts = [prompt_text(tokenizer, prompt_of(e)) for e in examples]
+    # as the evaluate stage does: evaluator.max_new_tokens null sizes answers from the references
+    references = [reference_of(e) for e in examples]
+    max_new_tokens = resolve_max_new_tokens(cfg.evaluator, tokenizer, references)
 
     def timed(bs: int) -> tuple[float, list[str]]:
         ev = cfg.evaluator.copy()
         with open_dict(ev):
             ev.batch_size = bs
         t0 = time.perf_counter()
-        out = generate(net, tokenizer, prompts, ev)
+        out = generate(net, tokenizer, prompts, ev, references=references)
         return time.perf_counter() - t0, out
 
     torch.manual_seed(0)
-    generate(net, tokenizer, prompts[:2], cfg.evaluator)  # warm up
+    generate(net, tokenizer, prompts[:2], cfg.evaluator, references=references)  # warm up
     times: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
     answers: dict[str, list[str]] = {}
     for _ in range(repeat):
@@ -118,7 +121,7 @@ def run(model: str = "smollm2", samples: int = 32, repeat: int = 2, batch_size: 
         "model": model,
         "prompts": len(prompts),
         "batch_size": batch_size,
-        "max_new_tokens": int(cfg.evaluator.max_new_tokens),
+        "max_new_tokens": max_new_tokens,
         "answer_tokens": new_tokens,
         "batched_s": batched,
         "one_at_a_time_s": single,

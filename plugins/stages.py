@@ -13,7 +13,7 @@ from framework.run import Run
 def prepare(run: Run) -> None:
     from framework.data.prepare import prepare
 
-    prepare(run)
+    prepare(run, defer_plots=True)  # drawn after training or at exit: off the path to step 1
 
 
 def train(run: Run) -> None:

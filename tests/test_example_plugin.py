@@ -96,7 +96,7 @@ def test_config_options_of_an_installed_package_compose(on_path: Path, monkeypat
     cfg = compose_config(["method=last_layers", "evaluator=token_f1", "method.n_layers=2"])
     assert cfg.method.name == "last_layers" and cfg.method.n_layers == 2
     assert list(cfg.evaluator.metrics) == ["exact_match", "token_f1", "perplexity"]
-    assert cfg.evaluator.max_new_tokens == 64  # the rest comes from evaluator/default.yaml
+    assert cfg.evaluator.max_new_tokens_limit == 256  # the rest comes from evaluator/default.yaml
     monkeypatch.setenv("TUNESMITH_DISABLE_PLUGINS", "example")
     with pytest.raises(HydraException, match="method/last_layers"):
         compose_config(["method=last_layers"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -81,14 +80,24 @@ class FineTuneDataModule(pl.LightningDataModule):
         lists, and batches are built from them by a copy, not element by element; so are the
         fields the objective declares in ``Objective.batch_fields``. With ``data.cache`` on,
         a split tokenised before under the same settings is read back from
-        ``data.cache_dir/encoded`` (see :mod:`framework.data.token_cache`).
+        ``data.cache_dir/encoded`` (see :mod:`framework.data.token_cache`); a split the
+        prepare stage of this process tokenised is taken from it, whatever ``data.cache``.
         """
         if split not in self.encoded:
             assert self.plugins is not None, "call connect() first"
             name, fields = self.objective.name, tuple(self.objective.batch_fields)
             examples = self.splits.get(split, [])
-            path = self._cache_path(examples)
-            rows = token_cache.load(path, fields) if path is not None else None
+            directory = token_cache.cache_dir(self.cfg)
+            key = None
+            if examples and (directory is not None or token_cache.has_memory()):
+                key = token_cache.cache_key(examples, self._setup())
+            path = directory / f"{key}.npz" if directory is not None and key else None
+            # tokenised by this process's prepare stage?
+            rows = token_cache.recall(key) if key else None
+            if rows is None:
+                rows = token_cache.load(path, fields) if path is not None else None
+            elif path is not None and not path.is_file():
+                token_cache.save(path, rows, fields)  # later runs read them back, as before
             if rows is None:
                 rows = []
                 for ex in examples:
@@ -102,15 +111,12 @@ class FineTuneDataModule(pl.LightningDataModule):
             self.encoded[split] = rows
         return self.encoded[split]
 
-    def _cache_path(self, examples: list[dict]) -> Path | None:
-        directory = token_cache.cache_dir(self.cfg)
-        if directory is None or not examples:
-            return None
+    def _setup(self) -> str:
         if self._setup_digest is None:
             self._setup_digest = token_cache.setup_digest(
                 self.tokenizer, self.cfg, self.plugins, self.objective.batch_fields
             )
-        return directory / f"{token_cache.cache_key(examples, self._setup_digest)}.npz"
+        return self._setup_digest
 
     def setup(self, stage: str | None = None) -> None:
         if not self.encode("train"):

@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from framework.data.chat import IGNORE_INDEX
 from framework.data.cleaning import (
     exact_dedup,
     example_key,
@@ -512,7 +513,16 @@ def prepare_tokenizer(run: Run) -> Any:
 
 
 class Encoder:
-    """Encodes examples through the objective's hook, caching full lengths for the report."""
+    """Encodes examples through the objective's hook, each example once.
+
+    Every example is encoded once with ``data.max_length`` lifted: that gives the report its
+    token lengths and the cleaning steps their counts. An example that fits within
+    ``data.max_length`` is then exactly what training sees (a limit that is not reached cuts
+    nothing), so :meth:`hand_over` gives those encodings to the train stage of this process
+    instead of it tokenising every example again; only the few longer examples are encoded a
+    second time, cut to ``data.max_length``. Encodings made of more than ``input_ids`` and
+    ``labels`` are not kept (the train stage encodes those itself, as the token cache does).
+    """
 
     def __init__(self, run: Run, tokenizer: Any) -> None:
         self.run, self.tokenizer = run, tokenizer
@@ -525,6 +535,10 @@ class Encoder:
         with open_dict(self.full_cfg):
             self.full_cfg.data.max_length = 1_000_000_000
         self.cache: dict[str, tuple[int, int]] = {}
+        #: what training sees of each example measured so far (compact), by example key
+        self.for_training: dict[str, dict] = {}
+        #: whether every encoding is made of input_ids and labels only
+        self.reusable = True
 
     def encode(self, example: dict, full: bool = False) -> dict[str, list[int]]:
         """The example as the model sees it (cut to ``data.max_length`` unless ``full``)."""
@@ -561,7 +575,40 @@ class Encoder:
             enc = self.encode(example, full=True)
             learned = sum(lab != -100 for lab in enc["labels"][: self.max_length])
             self.cache[key] = (len(enc["input_ids"]), learned)
+            from framework.data import token_cache  # numpy: not at start-up
+
+            if set(enc) != token_cache.CACHED_KEYS:
+                self.reusable = False
+            elif len(enc["input_ids"]) <= self.max_length:
+                self.for_training[key] = token_cache.compact(enc)  # nothing to cut
         return self.cache[key]
+
+    def training_encoding(self, example: dict) -> dict:
+        """What training sees of ``example``: its full encoding when that fits, else cut."""
+        key = example_key(example)
+        if key not in self.cache:
+            self.measure(example)
+        if key not in self.for_training:
+            from framework.data import token_cache
+
+            self.for_training[key] = token_cache.compact(self.encode(example))
+        return self.for_training[key]
+
+    def hand_over(self, splits: dict[str, list[dict]]) -> None:
+        """Keep the train and validation splits' encodings for the train stage of this
+        process (:func:`framework.data.token_cache.remember`), as it would make them."""
+        from framework.data import token_cache
+
+        setup = token_cache.setup_digest(self.tokenizer, self.run.cfg, self.run.plugins)
+        entries: dict[str, list[dict]] = {}
+        for split in ("train", "val"):
+            examples = splits.get(split) or []
+            if not self.reusable or not examples:
+                continue  # the train stage encodes what the token cache cannot hold itself
+            rows = [self.training_encoding(e) for e in examples]
+            rows = [r for r in rows if int(r["labels"].max(initial=IGNORE_INDEX)) > IGNORE_INDEX]
+            entries[token_cache.cache_key(examples, setup)] = rows
+        token_cache.remember(entries)
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -725,15 +772,43 @@ def split_sources(
     return splits, removed
 
 
-def prepare(run: Run) -> dict[str, list[dict]]:
+def _defer_histogram(
+    run: Run, report: dict[str, Any], lengths: dict[str, list[int]], cached: Path | None
+) -> None:
+    """Draw ``lengths.png`` later (:func:`framework.data.report.defer_plot`), into the run
+    and into its entry of the prepared-data cache."""
+    from framework.data.report import defer_plot, plot_lengths
+
+    path = run.data_dir / "lengths.png"
+
+    def draw() -> None:
+        plot_lengths(report, lengths, path)
+        if cached is not None and (cached / "report.json").is_file():
+            with atomic_path(cached / path.name) as tmp:
+                shutil.copy2(path, tmp)
+
+    defer_plot(str(path), draw)
+
+
+def prepare(run: Run, defer_plots: bool = False) -> dict[str, list[dict]]:
     """Run the prepare stage and return the splits (reused when inputs and config match).
+
+    Args:
+        run: the run.
+        defer_plots: draw ``lengths.png`` after training (or when the process exits), not
+            now: matplotlib stays off the path to the first optimizer step.
 
     Raises:
         DataError: bad data (too many rejects, nothing left, a bad record with
             ``on_error=raise``...).
         ConfigError: a bad ``data.*`` setting.
     """
-    from framework.data.report import build_report, print_report, write_report_files
+    from framework.data.report import (
+        build_report,
+        print_report,
+        split_lengths,
+        write_report_files,
+    )
 
     data_cfg = run.cfg.data
     seed = int(run.cfg.seed)
@@ -772,15 +847,19 @@ def prepare(run: Run) -> dict[str, list[dict]]:
         write_jsonl(run.data_dir / f"{name}.jsonl", rows)
 
     report = build_report(fp, sources, rejects, steps, splits, encoder)
-    write_report_files(run, report, splits, encoder, seed)
+    write_report_files(run, report, splits, encoder, seed, plot=not defer_plots)
     print_report(report)
     _store_in_cache(run, fp, cache_dir)
+    if defer_plots:
+        _defer_histogram(run, report, split_lengths(splits, encoder), cache_dir and cache_dir / fp)
+    encoder.hand_over(splits)
     run.splits = splits
     return splits
 
 
 def load_splits(run: Run) -> dict[str, list[dict]]:
-    """The splits written by an earlier prepare stage of this run (or prepare them now)."""
+    """The splits written by an earlier prepare stage of this run (or prepare them now, its
+    plots left for after training)."""
     if run.splits is not None:
         return run.splits
     if (run.data_dir / "report.json").exists() and all(
@@ -788,4 +867,4 @@ def load_splits(run: Run) -> dict[str, list[dict]]:
     ):
         run.splits = {s: read_jsonl(run.data_dir / f"{s}.jsonl") for s in SPLITS}
         return run.splits
-    return prepare(run)
+    return prepare(run, defer_plots=True)

@@ -3,9 +3,11 @@ token-length histogram (lengths.png) and a spot-check file (spot_check.md)."""
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
+import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from framework.data.cleaning import content_hash, example_key
@@ -16,7 +18,12 @@ from framework.run import Run, atomic_path, write_json
 if TYPE_CHECKING:
     from framework.data.prepare import Encoder, Source
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
+
+#: Plots whose drawing waits until training is over (see :func:`defer_plot`).
+_pending: list[tuple[str, Callable[[], None]]] = []
 
 #: Cleaning steps in the order they run, with what each line of the report means.
 STEPS: dict[str, str] = {
@@ -60,7 +67,7 @@ def build_report(
     by_reason: dict[str, int] = {}
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    lengths = {s: [encoder.measure(e)[0] for e in splits[s]] for s in SPLITS}
+    lengths = split_lengths(splits, encoder)
     every = [n for s in SPLITS for n in lengths[s]]
     return {
         "fingerprint": fingerprint,
@@ -260,33 +267,67 @@ def spot_check_markdown(splits: dict[str, list[dict]], encoder: Encoder, n: int,
     ]
     for i, key in enumerate(chosen, start=1):
         example = unique[key]
-        enc = encoder.encode(example)
+        enc = encoder.training_encoding(example)
+        ids, labels = [int(t) for t in enc["input_ids"]], [int(t) for t in enc["labels"]]
         full, _ = encoder.measure(example)
-        learned = sum(lab != -100 for lab in enc["labels"])
-        cut = f", cut from {full}" if full > len(enc["input_ids"]) else ""
+        learned = sum(lab != -100 for lab in labels)
+        cut = f", cut from {full}" if full > len(ids) else ""
         lines += [
             f"## {i}. {example.get('_source')}",
             "",
-            f"{len(enc['input_ids'])} tokens{cut}; {learned} learned.",
+            f"{len(ids)} tokens{cut}; {learned} learned.",
             "",
             "````text",
-            render_masked(encoder.tokenizer, enc["input_ids"], enc["labels"]),
+            render_masked(encoder.tokenizer, ids, labels),
             "````",
             "",
         ]
     return "\n".join(lines)
 
 
+def split_lengths(splits: dict[str, list[dict]], encoder: Encoder) -> dict[str, list[int]]:
+    """Tokens per example (before truncation), per split."""
+    return {s: [encoder.measure(e)[0] for e in splits[s]] for s in SPLITS}
+
+
+def defer_plot(what: str, draw: Callable[[], None]) -> None:
+    """Draw a plot later: when :func:`draw_pending_plots` is called (the train stage does,
+    after training), or when the process exits, whichever comes first.
+
+    Drawing means importing matplotlib (about half a CPU-second): done before training, it
+    would delay the first optimizer step for a picture nobody reads until the run ends.
+    """
+    if not _pending:
+        atexit.register(draw_pending_plots)
+    _pending.append((what, draw))
+
+
+def draw_pending_plots() -> None:
+    """Draw every plot :func:`defer_plot` holds (a plot that fails only logs a warning)."""
+    while _pending:
+        what, draw = _pending.pop(0)
+        try:
+            draw()
+        except Exception as exc:  # a picture must never fail a run
+            log.warning("could not draw %s: %s", what, exc)
+
+
 def write_report_files(
-    run: Run, report: dict[str, Any], splits: dict[str, list[dict]], encoder: Encoder, seed: int
+    run: Run,
+    report: dict[str, Any],
+    splits: dict[str, list[dict]],
+    encoder: Encoder,
+    seed: int,
+    plot: bool = True,
 ) -> None:
-    """Write spot_check.md, lengths.png, report.md and (last) report.json into ``data/``."""
+    """Write spot_check.md, lengths.png (unless not ``plot``), report.md and (last)
+    report.json into ``data/``."""
     n = int(run.cfg.data.get("spot_check", 8) or 0)
     text = spot_check_markdown(splits, encoder, n, seed)
     with atomic_path(run.data_dir / "spot_check.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
-    lengths = {s: [encoder.measure(e)[0] for e in splits[s]] for s in SPLITS}
-    plot_lengths(report, lengths, run.data_dir / "lengths.png")
+    if plot:
+        plot_lengths(report, split_lengths(splits, encoder), run.data_dir / "lengths.png")
     with atomic_path(run.data_dir / "report.md") as tmp:
         tmp.write_text(report_markdown(report), encoding="utf-8")
     write_json(run.data_dir / "report.json", report)

@@ -12,6 +12,10 @@ Rows made of ``input_ids``, ``labels`` and the fields the objective declares in
 ``Objective.batch_fields`` are cached (a field holds a sequence per example, e.g.
 ``rejected_input_ids``, or one number per example); an objective that returns other keys is
 tokenised every run.
+
+Besides the files, one process keeps the splits its prepare stage tokenised in memory
+(:func:`remember` / :func:`recall`, under the same key), so the train stage that follows in
+that process does not tokenise them again, even with ``data.cache`` off.
 """
 
 from __future__ import annotations
@@ -96,6 +100,36 @@ def cache_key(examples: list[dict], setup: str) -> str:
     for ex in examples:
         h.update(json.dumps(ex, sort_keys=True, ensure_ascii=False, default=str).encode())
     return h.hexdigest()[:24]
+
+
+#: Rows the prepare stage of this process tokenised, by :func:`cache_key` (one prepare's worth).
+_memory: dict[str, list[dict]] = {}
+
+
+def compact(enc: dict) -> dict:
+    """``enc`` with ``input_ids`` and ``labels`` as int32 arrays (a quarter of the memory of
+    Python lists; batches are built from them by copies)."""
+    return {
+        k: np.asarray(v, dtype=np.int32) if k in CACHED_KEYS and isinstance(v, list | tuple) else v
+        for k, v in enc.items()
+    }
+
+
+def remember(entries: dict[str, list[dict]]) -> None:
+    """Keep tokenised rows in memory for a later stage of this process (by cache key);
+    replaces what an earlier call kept."""
+    _memory.clear()
+    _memory.update(entries)
+
+
+def has_memory() -> bool:
+    """Whether :func:`remember` kept rows that no stage has taken yet."""
+    return bool(_memory)
+
+
+def recall(key: str) -> list[dict] | None:
+    """The rows :func:`remember` kept under ``key`` (handed over once), or ``None``."""
+    return _memory.pop(key, None)
 
 
 def cache_dir(cfg: DictConfig) -> Path | None:

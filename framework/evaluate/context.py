@@ -104,8 +104,22 @@ class EvalContext:
                 self.store.append(self.label, rows)
 
         if todo:
-            generate(self.model, self.tokenizer, [prompts[k] for k in todo], self.evaluator, keep)
+            generate(
+                self.model,
+                self.tokenizer,
+                [prompts[k] for k in todo],
+                self.evaluator,
+                keep,
+                references=self.references(),  # all of them: the same size on a re-run
+            )
         return [a or "" for a in answers]
+
+    def max_new_tokens(self) -> int:
+        """The most new tokens an answer may have (``evaluator.max_new_tokens``, or sized
+        from the references when that is null)."""
+        from framework.model.generation import resolve_max_new_tokens
+
+        return resolve_max_new_tokens(self.evaluator, self.tokenizer, self.references())
 
     def token_stats(self) -> TokenStats:
         """Teacher-forced loss / accuracy over the answer tokens of the examples."""

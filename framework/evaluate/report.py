@@ -241,7 +241,12 @@ def write_report(
             if cfg.evaluator.get("do_sample")
             else "greedy"
         )
-        + f", at most {cfg.evaluator.get('max_new_tokens')} new tokens",
+        + f", at most {info.get('max_new_tokens') or cfg.evaluator.get('max_new_tokens')} new "
+        + (
+            "tokens"
+            if cfg.evaluator.get("max_new_tokens")
+            else "tokens (sized from the references)"
+        ),
         "",
         markdown_table(results),
         "",

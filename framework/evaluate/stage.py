@@ -213,14 +213,17 @@ def evaluate(run: Run) -> dict[str, Any]:
     tuned, tokenizer = load_tuned(run, source) if source is not None else (None, None)
     scored: dict[str, Scored] = {}
     mode = "rebuild"
+    ctx: EvalContext | None = None
     if compare or source is None:
         mode = base_mode(run, tuned)
         log.info("scoring base model (%s) on %d examples", mode, len(examples))
         with base_model(run, tuned, tokenizer, mode) as (model, tok):
-            scored["base"] = score(run, EvalContext(model, tok, examples, cfg, "base", store))
+            ctx = EvalContext(model, tok, examples, cfg, "base", store)
+            scored["base"] = score(run, ctx)
     if tuned is not None:
         log.info("scoring tuned model (%s) on %d examples", source.describe(), len(examples))
-        scored["tuned"] = score(run, EvalContext(tuned, tokenizer, examples, cfg, "tuned", store))
+        ctx = EvalContext(tuned, tokenizer, examples, cfg, "tuned", store)
+        scored["tuned"] = score(run, ctx)
         if source.kind == "artifact" and run_src is None:  # this run's own: keep for export
             run.model, run.tokenizer, run.trained = tuned, tokenizer, True
 
@@ -241,6 +244,7 @@ def evaluate(run: Run) -> dict[str, Any]:
         sections=sections,
         info={
             "examples": len(examples),
+            "max_new_tokens": ctx.max_new_tokens() if ctx is not None else None,
             "tuned": source.describe() if source else "none",
             "base": BASE_MODES[mode].format(model=cfg.model.name)
             if "base" in results

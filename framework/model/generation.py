@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,15 @@ log = logging.getLogger(__name__)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
+#: Without an explicit ``evaluator.max_new_tokens``, an answer may have ``AUTO_FACTOR`` times
+#: the tokens of the longest reference, plus ``AUTO_MARGIN`` (its end of turn, and some
+#: slack), at most ``evaluator.max_new_tokens_limit``.
+AUTO_FACTOR, AUTO_MARGIN = 1.5, 8
+
+#: ``evaluator.max_new_tokens_limit`` when a config has none.
+DEFAULT_LIMIT = 256
+
+
 # --------------------------------------------------------------------------- prompts
 
 
@@ -41,6 +51,59 @@ def encode_prompts(tokenizer: Any, prompts: list[str], device: Any = None) -> An
     """Tokenize rendered prompts (the template has the special tokens already), padded."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     return enc.to(device) if device is not None else enc
+
+
+def pad_prompts(tokenizer: Any, ids: list[list[int]], device: Any = None) -> Any:
+    """Prompts tokenized already (by :func:`prompt_ids`), padded into one batch: the same
+    tensors :func:`encode_prompts` makes from their text."""
+    enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+    return enc.to(device) if device is not None else enc
+
+
+def prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """The token ids of each rendered prompt, unpadded (tokenized once per evaluation)."""
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+
+
+def auto_max_new_tokens(tokenizer: Any, references: Sequence[str], limit: int) -> int:
+    """Enough new tokens for answers as long as the references: ``AUTO_FACTOR`` x the longest
+    reference's tokens + ``AUTO_MARGIN``, at most ``limit`` (``limit`` without references)."""
+    if not references:
+        return int(limit)
+    longest = max(
+        len(ids) for ids in tokenizer(list(references), add_special_tokens=False)["input_ids"]
+    )
+    return max(1, min(int(limit), math.ceil(AUTO_FACTOR * longest) + AUTO_MARGIN))
+
+
+def resolve_max_new_tokens(ev: Any, tokenizer: Any, references: Sequence[str]) -> int:
+    """``evaluator.max_new_tokens`` when given, else :func:`auto_max_new_tokens` from the
+    references (``null`` or ``auto`` in the config).
+
+    Raises:
+        ConfigError: a value or limit below 1.
+    """
+    given = ev.get("max_new_tokens")
+    if given is not None and str(given) != "auto":
+        return _at_least_one(given, "evaluator.max_new_tokens")
+    limit = _at_least_one(
+        ev.get("max_new_tokens_limit", DEFAULT_LIMIT), "evaluator.max_new_tokens_limit"
+    )
+    return auto_max_new_tokens(tokenizer, references, limit)
+
+
+def _at_least_one(value: Any, key: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ConfigError(
+            f"{key} must be a whole number of at least 1, got {value!r}.",
+            where=key,
+            hint="evaluator.max_new_tokens=null sizes answers from the references.",
+        )
+    return number
 
 
 # --------------------------------------------------------------------------- end of turn
@@ -139,10 +202,12 @@ class GenerationParams:
         Raises:
             ConfigError: ``max_new_tokens`` below 1, or sampling at a temperature of 0.
         """
-        if int(ev.get("max_new_tokens", 64)) < 1:
-            raise ConfigError(
-                "evaluator.max_new_tokens must be at least 1.", where="evaluator.max_new_tokens"
-            )
+        given = ev.get("max_new_tokens", 64)
+        if given is None or str(given) == "auto":  # no references here: the limit
+            limit = ev.get("max_new_tokens_limit", DEFAULT_LIMIT)
+            max_new_tokens = _at_least_one(limit, "evaluator.max_new_tokens_limit")
+        else:
+            max_new_tokens = _at_least_one(given, "evaluator.max_new_tokens")
         temperature = 0.0
         if ev.get("do_sample", False):
             temperature = float(ev.get("temperature", 1.0))
@@ -154,7 +219,7 @@ class GenerationParams:
                     "for greedy answers.",
                 )
         return cls(
-            max_new_tokens=int(ev.get("max_new_tokens", 64)),
+            max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=float(ev.get("top_p", 1.0)),
             top_k=None if ev.get("top_k") is None else int(ev.top_k),
@@ -307,13 +372,30 @@ def generate_ids(
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, prompts: list[str], params: GenerationParams, eot_ids: list[int]
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    params: GenerationParams,
+    eot_ids: list[int],
+    ids: list[list[int]] | None = None,
 ) -> list[str]:
-    """Generate one left-padded batch of rendered prompts; returns each prompt's answer."""
-    new = generate_ids(
-        model, tokenizer, encode_prompts(tokenizer, prompts, model.device), params, eot_ids
+    """Generate one left-padded batch of rendered prompts; returns each prompt's answer.
+
+    ``ids``: the prompts' tokens when they were tokenized already (:func:`prompt_ids`).
+    """
+    encoded = (
+        encode_prompts(tokenizer, prompts, model.device)
+        if ids is None
+        else pad_prompts(tokenizer, ids, model.device)
     )
+    new = generate_ids(model, tokenizer, encoded, params, eot_ids)
     return [answer_text(tokenizer, row, eot_ids, params.stop) for row in new.tolist()]
+
+
+def length_order(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Prompt indices longest first (by tokens; ties in input order): a batch then holds
+    prompts of about one length, so little of it is padding."""
+    return sorted(range(len(ids)), key=lambda i: -len(ids[i]))
 
 
 def generate(
@@ -322,11 +404,14 @@ def generate(
     prompts: list[str],
     ev: DictConfig,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
+    references: Sequence[str] | None = None,
 ) -> list[str]:
     """Generate an answer for each rendered prompt, in batches; stop at end of turn.
 
-    Greedy unless ``ev.do_sample``. Prompts are batched longest first (less padding, and a
-    batch that does not fit in memory fails at once, not at the end).
+    Greedy unless ``ev.do_sample``. Each prompt is tokenized once; batches are cut from the
+    prompts sorted by their token count, longest first (little padding, and a batch that does
+    not fit in memory fails at once, not at the end). A batch stops as soon as every answer
+    in it has ended (end-of-turn token or stop string).
 
     Args:
         model: a causal LM.
@@ -334,23 +419,30 @@ def generate(
         prompts: prompts already rendered with :func:`prompt_text`.
         ev: the ``evaluator`` group (``batch_size``, ``max_new_tokens``, sampling keys, ``stop``).
         on_batch: called after each batch with the prompt indices and their answers.
+        references: the expected answers; with ``ev.max_new_tokens`` null they size the
+            answers (:func:`resolve_max_new_tokens`).
 
     Returns:
         The answers, in the order of ``prompts``.
     """
     model.eval()
     params = GenerationParams.from_evaluator(ev)
+    if references is not None:
+        params = params.replace(max_new_tokens=resolve_max_new_tokens(ev, tokenizer, references))
     eot_ids = end_of_turn_ids(model, tokenizer)
     batch_size = max(1, int(ev.get("batch_size", 16)))
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str | None] = [None] * len(prompts)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
+        ids = prompt_ids(tokenizer, prompts)
+        order = length_order(ids)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = params if params.seed is None else params.replace(seed=params.seed + start)
-            texts = generate_batch(model, tokenizer, [prompts[i] for i in idx], batch, eot_ids)
+            texts = generate_batch(
+                model, tokenizer, [prompts[i] for i in idx], batch, eot_ids, [ids[i] for i in idx]
+            )
             for i, t in zip(idx, texts, strict=True):
                 outputs[i] = t
             if on_batch is not None:

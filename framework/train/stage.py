@@ -314,6 +314,9 @@ def _train(run: Run, splits: Any, started: float) -> None:
     )
     write_json(run.dir / "train_summary.json", summary)
     plot_loss_curves(run)
+    from framework.data.report import draw_pending_plots
+
+    draw_pending_plots()  # the data report's histogram, left for after training
 
 
 def consolidated_model(run: Run, trainer: Any, model: Any) -> Any:
