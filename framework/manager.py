@@ -81,6 +81,12 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.methods.prefix_tuning",
     "plugins.methods.qlora",
     "plugins.board",
+    "plugins.objectives.dpo",
+    "plugins.objectives.orpo",
+    "plugins.objectives.simpo",
+    "plugins.objectives.kto",
+    "plugins.formats.kto",
+    "plugins.metrics.preference",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

@@ -28,17 +28,27 @@ class FineTuneModule(pl.LightningModule):
     objective that declares ``reference=True`` gets its reference model from it: the model
     with its adapters off (PEFT), else a frozen copy made here, before any checkpoint is
     restored, and kept out of the module's submodules (not trained, not checkpointed).
+    ``precomputed``: the objective's reference values were computed before training
+    (``tunesmith_precompute``), so no reference model is kept.
     """
 
-    def __init__(self, model: Any, cfg: DictConfig, plugins: TunesmithPluginManager) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cfg: DictConfig,
+        plugins: TunesmithPluginManager,
+        precomputed: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.plugins = plugins
         self.objective = describe_objective(cfg, plugins)
         self.options = objective_options(cfg, self.objective)
-        # a plain object, not a submodule: its copy (if any) is neither trained nor saved
-        self.reference = ReferenceModel(model) if self.objective.reference else None
+        # a plain object, not a submodule: its copy (if any) is neither trained nor saved;
+        # none at all when the reference's values were precomputed (framework.data.precompute)
+        needs_reference = self.objective.reference and not precomputed
+        self.reference = ReferenceModel(model) if needs_reference else None
         self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
         self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
 

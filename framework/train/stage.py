@@ -186,6 +186,7 @@ def train(run: Run) -> None:
     import time
 
     from framework.data.datamodule import FineTuneDataModule
+    from framework.data.precompute import precompute
     from framework.train.module import FineTuneModule, peak_rss_mb
     from framework.train.objective import describe_objective
 
@@ -225,7 +226,9 @@ def train(run: Run) -> None:
 
     datamodule = FineTuneDataModule(splits, cfg)
     datamodule.connect(tokenizer, run.plugins)
-    module = FineTuneModule(model, cfg, run.plugins)
+    # reference values computed once, by the model as training starts (tunesmith_precompute)
+    precomputed = precompute(datamodule, model, run.dir)
+    module = FineTuneModule(model, cfg, run.plugins, precomputed=precomputed)
     trainer = build_trainer(run)
     if type(trainer.accelerator).__name__ == "CPUAccelerator":
         warn_if_cpu_busy()
