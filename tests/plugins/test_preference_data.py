@@ -126,7 +126,9 @@ def test_kto_records_and_labels(pm) -> None:
 def test_bad_pairs_go_to_rejects_by_file_and_line(tmp_path: Path) -> None:
     from framework.data.prepare import prepare
 
-    rows = [{"prompt": f"{a} + 1 =", "chosen": str(a + 1), "rejected": str(a + 2)} for a in range(30)]
+    rows = [
+        {"prompt": f"{a} + 1 =", "chosen": str(a + 1), "rejected": str(a + 2)} for a in range(30)
+    ]
     rows[3] = {"prompt": "x", "chosen": "same", "rejected": "same"}
     rows[7] = {"prompt": "x", "chosen": "", "rejected": "y"}
     path = tmp_path / "prefs.jsonl"

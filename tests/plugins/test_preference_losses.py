@@ -19,8 +19,13 @@ from typing import Any
 import pytest
 import torch
 
-from framework.train.objective import LossContext, ReferenceModel, compute_loss, describe_objective
-from framework.train.objective import objective_options
+from framework.train.objective import (
+    LossContext,
+    ReferenceModel,
+    compute_loss,
+    describe_objective,
+    objective_options,
+)
 from plugins.objectives import preference as pref
 from tests.conftest import compose_config
 from tests.helpers import new_run
