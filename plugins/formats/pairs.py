@@ -149,14 +149,9 @@ def tunesmith_parse_record(name: str, record: Any, data_cfg: DictConfig) -> dict
     given = _prompt(record, columns, roles)
     chosen = _side(record, columns, "chosen", roles, hh=given is None)
     rejected = _side(record, columns, "rejected", roles, hh=given is None)
-    whole = [s for s in (chosen, rejected) if isinstance(s, list) and s[0]["role"] != "assistant"]
-    if whole:  # whole conversations: the shared turns are the prompt
-        if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise RecordError(
-                "wrong_type",
-                f"'{names[0]}' and '{names[1]}' must both be conversations or both answers",
-                field=names[1],
-            )
+    both = isinstance(chosen, list) and isinstance(rejected, list)
+    if both and (chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant"):
+        # whole conversations: the shared turns are the prompt
         prompt, good, bad = _split_conversations(chosen, rejected, names)
         field = names[0]
         if not prompt and given is not None:
