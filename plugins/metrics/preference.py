@@ -12,15 +12,13 @@ sign of its label, and the margin the mean reward of good minus bad examples.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from framework import Metric, hookimpl
-from framework.data.collate import pad_ids, pad_labels
 from framework.errors import ConfigError
-from framework.evaluate.context import EvalContext
-from plugins.objectives import preference as pref
+
+if TYPE_CHECKING:
+    from framework.evaluate.context import EvalContext
 
 NAMES = ("preference_accuracy", "reward_margin")
 
@@ -47,6 +45,11 @@ def tunesmith_provides() -> list[Metric]:
 def _logps(model: Any, rows: list[dict], pad_token_id: int, batch_size: int, paired: bool) -> Any:
     """Summed log-probabilities and token counts of every answer (chosen first, then rejected,
     per batch, concatenated in row order: ``(chosen, rejected)`` or ``(answers, None)``)."""
+    import torch
+
+    from framework.data.collate import pad_ids, pad_labels
+    from plugins.objectives import preference as pref
+
     outs: list[list[torch.Tensor]] = [[], [], [], []]
     was_training = model.training
     model.eval()
@@ -75,7 +78,10 @@ def rewards(ctx: EvalContext) -> dict[str, Any]:
     ``ctx.cache``): ``{"chosen", "rejected"}`` for pairs or ``{"rewards", "labels"}``."""
     if "preference" in ctx.cache:
         return ctx.cache["preference"]
+    import torch
+
     from framework.train.objective import describe_objective, objective_options
+    from plugins.objectives import preference as pref
 
     paired = [e for e in ctx.examples if "rejected" in e]
     unpaired = [e for e in ctx.examples if "label" in e and "rejected" not in e]
@@ -104,7 +110,7 @@ def rewards(ctx: EvalContext) -> dict[str, Any]:
             with ctx.reference() as base:
                 ref = _logps(base, rows, tok.pad_token_id, batch_size, bool(paired))
 
-    def reward(logps: torch.Tensor, tokens: torch.Tensor, ref_logps: Any) -> torch.Tensor:
+    def reward(logps: Any, tokens: Any, ref_logps: Any) -> Any:
         got = None
         if info is not None:
             got = plugins.hook.tunesmith_sequence_reward(
@@ -132,6 +138,8 @@ def rewards(ctx: EvalContext) -> dict[str, Any]:
 
 def accuracy_and_margin(got: dict[str, Any]) -> tuple[float, float]:
     """``(preference_accuracy, reward_margin)`` of :func:`rewards`' result (ties count half)."""
+    import torch
+
     if "chosen" in got:
         diff = got["chosen"] - got["rejected"]
         wins = (diff > 0).float() + 0.5 * (diff == 0).float()

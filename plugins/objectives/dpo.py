@@ -16,14 +16,14 @@ sigmoid loss is log 2.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
 from framework.errors import ConfigError
-from plugins.objectives import preference as pref
+from plugins.objectives import pair_fields
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "dpo"
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -56,6 +56,9 @@ def dpo_losses(
         label_smoothing: the assumed share of flipped labels (``sigmoid`` only).
         loss_type: ``sigmoid``, ``ipo`` or ``hinge``.
     """
+    import torch
+    import torch.nn.functional as F
+
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     if loss_type == "sigmoid":
         losses = (
@@ -78,6 +81,8 @@ def dpo_losses(
 
 def check(options: Any) -> tuple[float, float, str]:
     """``(beta, label_smoothing, loss_type)`` from the options, checked."""
+    from plugins.objectives import preference as pref
+
     beta = pref.positive(options, "beta", NAME)
     smoothing = pref.in_range(options, "label_smoothing", 0.0, 0.5, NAME)
     loss_type = str(options.loss_type)
@@ -97,6 +102,8 @@ def check(options: Any) -> tuple[float, float, str]:
 
 def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
     """The DPO loss of a batch of pairs; logs rewards and log-probabilities."""
+    from plugins.objectives import preference as pref
+
     beta, smoothing, loss_type = check(ctx.options)
     chosen, rejected = pref.policy_pair_logps(model, batch)
     ref_chosen, ref_rejected = pref.reference_pair_logps(batch, ctx)
@@ -118,15 +125,16 @@ def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
+
     return [
         Objective(
             NAME,
             options=OPTIONS,
             example="pair",
-            batch_fields=pref.PAIR_FIELDS,
+            batch_fields=pair_fields.PAIR_FIELDS,
             reference=True,
             packing=False,
-            precomputed=pref.PAIR_PRECOMPUTED,
+            precomputed=pair_fields.PAIR_PRECOMPUTED,
             description="direct preference optimisation on chosen/rejected pairs "
             "(sigmoid | ipo | hinge; +NLL with sft_weight)",
         )
@@ -135,6 +143,8 @@ def tunesmith_provides() -> list[Objective]:
 
 @hookimpl
 def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or "rejected" not in example:
         return None
     return pref.encode_pair(example, tokenizer, int(cfg.data.max_length))
@@ -142,6 +152,8 @@ def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any)
 
 @hookimpl
 def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int) -> dict | None:
+    from plugins.objectives import preference as pref
+
     return pref.collate_pairs(rows, pad_token_id) if name == NAME else None
 
 
@@ -154,6 +166,8 @@ def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
 def tunesmith_precompute(
     name: str, rows: list[dict], reference: Any, pad_token_id: int, cfg: Any, options: Any
 ) -> list[dict] | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or not options.precompute_ref:
         return None
     return pref.precompute_pairs(rows, reference, pad_token_id, int(cfg.data.batch_size))

@@ -15,12 +15,13 @@ for unbalanced data: the paper keeps ``desirable_weight * n_desirable`` within 1
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
-from plugins.objectives import preference as pref
+from plugins.objectives import pair_fields
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "kto"
 OPTIONS = {
@@ -53,6 +54,8 @@ def kto_losses(
         desirable_weight: the weight of desirable examples' losses.
         undesirable_weight: the weight of undesirable examples' losses.
     """
+    import torch
+
     z = (policy_kl - reference_kl).mean().clamp(min=0).detach()
     h = policy - reference
     desirable = desirable_weight * (1 - torch.sigmoid(beta * (h - z)))
@@ -62,6 +65,10 @@ def kto_losses(
 
 def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
     """The KTO loss of a batch of unpaired examples; logs rewards, log-probabilities, KL."""
+    import torch
+
+    from plugins.objectives import preference as pref
+
     options = ctx.options
     beta = pref.positive(options, "beta", NAME)
     weights = [pref.positive(options, k, NAME) for k in ("desirable_weight", "undesirable_weight")]
@@ -91,6 +98,8 @@ def log_unpaired(
     """Log the rewards of desirable (``chosen``) and undesirable (``rejected``) examples, when
     the batch has any; ``rewards/accuracy`` is the share whose reward has its label's sign,
     ``rewards/margin`` the desirable mean minus the undesirable mean."""
+    import torch
+
     good, bad = rewards[labels], rewards[~labels]
     if good.numel():
         ctx.log("rewards/chosen", good.mean())
@@ -106,15 +115,16 @@ def log_unpaired(
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
+
     return [
         Objective(
             NAME,
             options=OPTIONS,
             example="unpaired",
-            batch_fields=pref.UNPAIRED_FIELDS,
+            batch_fields=pair_fields.UNPAIRED_FIELDS,
             reference=True,
             packing=False,
-            precomputed=pref.UNPAIRED_PRECOMPUTED_FIELDS,
+            precomputed=pair_fields.UNPAIRED_PRECOMPUTED_FIELDS,
             description="Kahneman-Tversky optimisation on unpaired good/bad completions (data=kto)",
         )
     ]
@@ -122,6 +132,8 @@ def tunesmith_provides() -> list[Objective]:
 
 @hookimpl
 def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or "label" not in example:
         return None
     return pref.encode_unpaired(example, tokenizer, int(cfg.data.max_length))
@@ -129,6 +141,8 @@ def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any)
 
 @hookimpl
 def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int, cfg: Any) -> dict | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME:
         return None
     return pref.collate_unpaired(rows, pad_token_id, int(cfg.data.max_length))
@@ -143,6 +157,8 @@ def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
 def tunesmith_precompute(
     name: str, rows: list[dict], reference: Any, pad_token_id: int, cfg: Any, options: Any
 ) -> list[dict] | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or not options.precompute_ref:
         return None
     return pref.precompute_unpaired(

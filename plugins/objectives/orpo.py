@@ -12,13 +12,13 @@ log-probabilities of the chosen and rejected answers and ``odds(p) = p / (1 - p)
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
-from plugins.objectives import preference as pref
+from plugins.objectives import pair_fields
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "orpo"
 OPTIONS = {"beta": 0.1}
@@ -35,6 +35,9 @@ def orpo_losses(
         rejected_mean: ... of the rejected answers.
         beta: the weight of the odds-ratio term (lambda).
     """
+    import torch
+    import torch.nn.functional as F
+
     log_odds = (chosen_mean - rejected_mean) - (
         torch.log1p(-torch.exp(chosen_mean)) - torch.log1p(-torch.exp(rejected_mean))
     )
@@ -44,6 +47,8 @@ def orpo_losses(
 
 def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
     """The ORPO loss of a batch of pairs; logs rewards, log-probabilities, NLL, log odds."""
+    from plugins.objectives import preference as pref
+
     beta = pref.positive(ctx.options, "beta", NAME)
     chosen, rejected = pref.policy_pair_logps(model, batch)
     ratio, good, bad = orpo_losses(chosen.mean, rejected.mean, beta)
@@ -56,12 +61,13 @@ def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
+
     return [
         Objective(
             NAME,
             options=OPTIONS,
             example="pair",
-            batch_fields=pref.PAIR_FIELDS,
+            batch_fields=pair_fields.PAIR_FIELDS,
             packing=False,
             description="odds-ratio preference optimisation: NLL on chosen + odds-ratio term "
             "(reference-free)",
@@ -71,6 +77,8 @@ def tunesmith_provides() -> list[Objective]:
 
 @hookimpl
 def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or "rejected" not in example:
         return None
     return pref.encode_pair(example, tokenizer, int(cfg.data.max_length))
@@ -78,6 +86,8 @@ def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any)
 
 @hookimpl
 def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int) -> dict | None:
+    from plugins.objectives import preference as pref
+
     return pref.collate_pairs(rows, pad_token_id) if name == NAME else None
 
 

@@ -11,13 +11,13 @@ where ``c``, ``r`` are the per-token log-probabilities of the chosen and rejecte
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
-from plugins.objectives import preference as pref
+from plugins.objectives import pair_fields
+
+if TYPE_CHECKING:
+    import torch
 
 NAME = "simpo"
 OPTIONS = {"beta": 2.0, "gamma": 0.5, "label_smoothing": 0.0, "sft_weight": 0.0}
@@ -31,6 +31,8 @@ def simpo_losses(
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The SimPO loss of each pair and the chosen and rejected rewards ``beta * mean logp``."""
+    import torch.nn.functional as F
+
     z = beta * (chosen_mean - rejected_mean) - gamma
     losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
     return losses, beta * chosen_mean.detach(), beta * rejected_mean.detach()
@@ -38,6 +40,8 @@ def simpo_losses(
 
 def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
     """The SimPO loss of a batch of pairs; logs rewards and log-probabilities."""
+    from plugins.objectives import preference as pref
+
     options = ctx.options
     beta = pref.positive(options, "beta", NAME)
     smoothing = pref.in_range(options, "label_smoothing", 0.0, 0.5, NAME)
@@ -56,12 +60,13 @@ def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
+
     return [
         Objective(
             NAME,
             options=OPTIONS,
             example="pair",
-            batch_fields=pref.PAIR_FIELDS,
+            batch_fields=pair_fields.PAIR_FIELDS,
             packing=False,
             description="simple preference optimisation: length-normalised reward with a "
             "margin gamma (reference-free)",
@@ -71,6 +76,8 @@ def tunesmith_provides() -> list[Objective]:
 
 @hookimpl
 def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
+    from plugins.objectives import preference as pref
+
     if name != NAME or "rejected" not in example:
         return None
     return pref.encode_pair(example, tokenizer, int(cfg.data.max_length))
@@ -78,6 +85,8 @@ def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any)
 
 @hookimpl
 def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int) -> dict | None:
+    from plugins.objectives import preference as pref
+
     return pref.collate_pairs(rows, pad_token_id) if name == NAME else None
 
 
