@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 #: What a metric may need from the evaluate stage (``Metric.needs``).
-METRIC_NEEDS = ("generations", "token_stats", "choices", "model", "validation")
+METRIC_NEEDS = ("generations", "token_stats", "choices", "model", "reference", "validation")
 #: Method kinds (``Method.kind``).
 METHOD_KINDS = ("adapter", "full", "partial")
 #: What the examples an objective trains on look like (``Objective.example``,
@@ -160,6 +160,10 @@ class Objective(Provided):
             token cache keeps them and its ``tunesmith_collate`` hook batches them.
         reference: it needs a reference model (``LossContext.reference()``).
         packing: its batches may be packed (several examples per row).
+        precomputed: the fields its ``tunesmith_precompute`` hook may add to every encoded
+            example before training, computed once with the reference model (e.g. reference
+            log-probabilities); they are stored with the encoded data, so a resumed run or a
+            later run on the same data and starting model reads them back.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -167,6 +171,7 @@ class Objective(Provided):
     batch_fields: tuple[str, ...] = ()
     reference: bool = False
     packing: bool = True
+    precomputed: tuple[str, ...] = ()
     key: ClassVar[str] = "objective"
 
 

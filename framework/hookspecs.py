@@ -169,6 +169,42 @@ def tunesmith_collate(
     """
 
 
+@hookspec(firstresult=True)
+def tunesmith_precompute(
+    name: str,
+    rows: list[dict],
+    reference: Any,
+    pad_token_id: int,
+    cfg: DictConfig,
+    options: DictConfig,
+) -> list[dict[str, Any]] | None:
+    """Compute values once per encoded example with the reference model, before training.
+
+    Called by the train stage (once per run, before the first step; also before a resumed run
+    restores its checkpoint) for the training and validation examples, when the objective
+    ``name`` declares ``Objective.precomputed`` fields. What it returns is stored with the
+    encoded data (in the run's ``data/precomputed/`` and in ``data.cache_dir/encoded``, keyed
+    by the examples, the tokens' settings, the objective's options, the model and the
+    method) and added to each row, so :func:`tunesmith_collate` batches it and the loss reads
+    it instead of running a reference model (``objective.precompute_ref=true`` in ``dpo`` and
+    ``kto``: no frozen copy under ``method=full``).
+
+    Args:
+        name: the training objective (``cfg.objective.name``).
+        rows: the encoded examples of one split, in a fixed order.
+        reference: the model as training starts (adapters switched off, eval mode, under
+            ``torch.no_grad``): the same reference ``LossContext.reference()`` gives.
+        pad_token_id: the tokenizer's padding id.
+        cfg: the whole run config.
+        options: the objective's options (as ``LossContext.options``).
+
+    Returns:
+        One dict per row, holding fields the objective declares in ``Objective.precomputed``
+        (numbers, or lists of token ids); ``None`` when nothing is to be precomputed (the
+        option is off, or the plugin does not serve ``name``). First result wins.
+    """
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -311,6 +347,34 @@ def tunesmith_compute_metrics(metrics: list[str], ctx: EvalContext) -> dict[str,
         overrides the metric's declared direction; its ``stderr`` is recorded). A selected
         name may be answered with several keys that start with it (``rouge`` -> ``rouge1``,
         ``rouge2``, ``rougeL``). Fan-out: the dicts of all plugins are merged.
+    """
+
+
+@hookspec(firstresult=True)
+def tunesmith_sequence_reward(
+    name: str,
+    logps: torch.Tensor,
+    tokens: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    options: DictConfig,
+) -> torch.Tensor | None:
+    """The objective's implicit reward of answers, from their log-probabilities.
+
+    Called by metrics that rank answers the way the trained objective does
+    (``preference_accuracy``, ``reward_margin``), once per side (base, tuned) and batch.
+
+    Args:
+        name: the training objective (``cfg.objective.name``).
+        logps: the scored model's summed log-probability of each answer, ``(n,)``.
+        tokens: each answer's number of tokens, ``(n,)`` (float).
+        ref_logps: the reference model's (the base model), when the objective declares
+            ``reference=True``; ``None`` otherwise.
+        options: the objective's options (as ``LossContext.options``).
+
+    Returns:
+        The reward of each answer, ``(n,)`` (DPO: ``beta * (logps - ref_logps)``). ``None``
+        when the plugin does not serve ``name``: the metrics then rank by the per-token
+        log-probability ``logps / tokens``. First result wins.
     """
 
 

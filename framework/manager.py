@@ -83,6 +83,12 @@ INTREE_PLUGINS: tuple[str, ...] = (
     "plugins.methods.qlora",
     "plugins.board",
     "plugins.metrics.lm_eval_tasks",
+    "plugins.objectives.dpo",
+    "plugins.objectives.orpo",
+    "plugins.objectives.simpo",
+    "plugins.objectives.kto",
+    "plugins.formats.kto",
+    "plugins.metrics.preference",
 )
 
 DISABLE_ENV = "TUNESMITH_DISABLE_PLUGINS"

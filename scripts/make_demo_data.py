@@ -18,10 +18,19 @@ A small base model (SmolLM2-135M-Instruct) gets the exact output string almost n
 few minutes of LoRA on a CPU teaches it. The data is deterministic: the same ``--seed`` and
 ``--n`` always give a byte-identical file. Only the standard library is used.
 
+The same records also become preference pairs for ``experiment=demo_dpo``
+(``data/demo/contacts_pairs.jsonl``, LLaMA-Factory's alpaca ranking shape)::
+
+    {"instruction": "...", "input": "...", "chosen": "<the right JSON>", "rejected": "<a wrong one>"}
+
+where the rejected answer is a plausible mistake, in turn: name and city swapped, a wrong
+age, broken JSON (no closing brace), or the JSON wrapped in chatter ("Sure! Here is...").
+
 Usage::
 
     python scripts/make_demo_data.py                     # writes data/demo/contacts.jsonl
-    python scripts/make_demo_data.py --n 1000 --seed 7 --out /tmp/contacts.jsonl
+                                                         # and data/demo/contacts_pairs.jsonl
+    python scripts/make_demo_data.py --n 1000 --seed 7 --out /tmp/contacts.jsonl --pairs-out ""
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ import random
 from pathlib import Path
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "demo" / "contacts.jsonl"
+DEFAULT_PAIRS_OUT = DEFAULT_OUT.with_name("contacts_pairs.jsonl")
+#: The kinds of wrong answer a rejected answer is, in turn.
+MISTAKES = ("swapped", "wrong_age", "broken_json", "chatty")
 DEFAULT_N = 500
 DEFAULT_SEED = 1234
 EN_SHARE = 0.6
@@ -176,6 +188,44 @@ def make_records(n: int, seed: int) -> list[dict[str, str]]:
     return records
 
 
+def wrong_answer(output: str, kind: str, rng: random.Random) -> str:
+    """A plausible wrong answer of ``kind`` (see :data:`MISTAKES`) for the right ``output``."""
+    contact = json.loads(output)
+    if kind == "swapped":
+        wrong = {"name": contact["city"], "age": contact["age"], "city": contact["name"]}
+        return json.dumps(wrong, ensure_ascii=False)
+    if kind == "wrong_age":
+        delta = rng.choice([-1, 1]) * rng.randint(1, 9)
+        age = contact["age"] + delta
+        if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+            age = contact["age"] - delta
+        return json.dumps({**contact, "age": age}, ensure_ascii=False)
+    if kind == "broken_json":
+        return output[:-1]  # no closing brace
+    if kind == "chatty":
+        chinese = any("\u4e00" <= ch <= "\u9fff" for ch in output)
+        lead = "好的，这是提取的JSON：" if chinese else "Sure! Here is the contact as JSON: "
+        return lead + output
+    raise ValueError(f"unknown mistake {kind!r}")
+
+
+def make_pairs(records: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
+    """One preference pair per record: the right JSON chosen, a wrong answer rejected."""
+    rng = random.Random(seed + 1)
+    pairs = []
+    for i, record in enumerate(records):
+        kind = MISTAKES[i % len(MISTAKES)]
+        pairs.append(
+            {
+                "instruction": record["instruction"],
+                "input": record["input"],
+                "chosen": record["output"],
+                "rejected": wrong_answer(record["output"], kind, rng),
+            }
+        )
+    return pairs
+
+
 def write_jsonl(records: list[dict[str, str]], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8", newline="\n") as f:
@@ -197,9 +247,17 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_OUT,
         help="output JSONL (default data/demo/contacts.jsonl)",
     )
+    parser.add_argument(
+        "--pairs-out",
+        default=str(DEFAULT_PAIRS_OUT),
+        help="preference pairs JSONL (default data/demo/contacts_pairs.jsonl; '' to skip)",
+    )
     args = parser.parse_args(argv)
     records = make_records(args.n, args.seed)
     write_jsonl(records, args.out)
+    if args.pairs_out:
+        write_jsonl(make_pairs(records, args.seed), Path(args.pairs_out))
+        print(f"wrote {len(records)} preference pairs to {args.pairs_out}")
     n_zh = sum(any("\u4e00" <= ch <= "\u9fff" for ch in r["input"]) for r in records)
     print(f"wrote {len(records)} records ({len(records) - n_zh} en, {n_zh} zh) to {args.out}")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,12 @@ class EvalContext:
         cfg: the run config; ``cfg.evaluator`` is the evaluator group.
         label: the side, ``base`` or ``tuned``.
         store: where answers are appended as they are produced (``None``: kept in memory).
+        base: for the tuned side, a function returning a context manager that yields the base
+            model (see :meth:`reference`); ``None``: the scored model is the base itself.
+        plugins: the plugin manager (to call other hooks, e.g. the objective's
+            ``tunesmith_sequence_reward``); ``None`` outside the evaluate stage.
+        cache: a place for metric plugins to share what they computed for this side (e.g.
+            the rewards both ``preference_accuracy`` and ``reward_margin`` read).
     """
 
     model: Any
@@ -43,9 +51,23 @@ class EvalContext:
     cfg: DictConfig
     label: str = "tuned"
     store: PredictionStore | None = None
+    base: Callable[[], AbstractContextManager[Any]] | None = field(default=None, repr=False)
+    plugins: Any = field(default=None, repr=False)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
     _generations: list[str] | None = field(default=None, repr=False)
     _stats: TokenStats | None = field(default=None, repr=False)
     _choice: list[list[tuple[float, int]]] | None = field(default=None, repr=False)
+
+    @contextmanager
+    def reference(self) -> Iterator[Any]:
+        """The model the scored one is compared against (a preference objective's reference):
+        the base model (for an adapter: the tuned model with its adapter off, else a fresh
+        build, freed afterwards); on the base side, the scored model itself."""
+        if self.base is None:
+            yield self.model
+            return
+        with self.base() as model:
+            yield model
 
     @property
     def evaluator(self) -> DictConfig:

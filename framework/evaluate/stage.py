@@ -19,6 +19,8 @@ evaluation keeps what it produced and a re-run generates only what is missing, p
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,12 @@ def eval_examples(run: Run, run_src: Path | None = None) -> list[dict]:
     return examples
 
 
+@contextmanager
+def _base_alone(run: Run, tuned: Any, tokenizer: Any, mode: str) -> Iterator[Any]:
+    with base_model(run, tuned, tokenizer, mode) as (model, _):
+        yield model
+
+
 def _has_answer(example: dict) -> bool:
     return any(m.get("role") == "assistant" for m in example.get("messages", []))
 
@@ -218,11 +226,12 @@ def evaluate(run: Run) -> dict[str, Any]:
         mode = base_mode(run, tuned)
         log.info("scoring base model (%s) on %d examples", mode, len(examples))
         with base_model(run, tuned, tokenizer, mode) as (model, tok):
-            ctx = EvalContext(model, tok, examples, cfg, "base", store)
+            ctx = EvalContext(model, tok, examples, cfg, "base", store, plugins=run.plugins)
             scored["base"] = score(run, ctx)
     if tuned is not None:
         log.info("scoring tuned model (%s) on %d examples", source.describe(), len(examples))
-        ctx = EvalContext(tuned, tokenizer, examples, cfg, "tuned", store)
+        ctx = EvalContext(tuned, tokenizer, examples, cfg, "tuned", store, plugins=run.plugins)
+        ctx.base = lambda: _base_alone(run, tuned, tokenizer, base_mode(run, tuned))
         scored["tuned"] = score(run, ctx)
         if source.kind == "artifact" and run_src is None:  # this run's own: keep for export
             run.model, run.tokenizer, run.trained = tuned, tokenizer, True

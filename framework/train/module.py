@@ -39,17 +39,28 @@ class FineTuneModule(pl.LightningModule):
     only the trainable weights (and buffers), not the frozen base: resuming rebuilds the
     base from the run's model, and loads the rest (see
     :mod:`framework.train.checkpointing`). ``kind="full"`` checkpoints hold everything.
+
+    ``precomputed``: the objective's reference values were computed before training
+    (``tunesmith_precompute``), so no reference model is kept.
     """
 
-    def __init__(self, model: Any, cfg: DictConfig, plugins: TunesmithPluginManager) -> None:
+    def __init__(
+        self,
+        model: Any,
+        cfg: DictConfig,
+        plugins: TunesmithPluginManager,
+        precomputed: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.plugins = plugins
         self.objective = describe_objective(cfg, plugins)
         self.options = objective_options(cfg, self.objective)
-        # a plain object, not a submodule: its copy (if any) is neither trained nor saved
-        self.reference = ReferenceModel(model) if self.objective.reference else None
+        # a plain object, not a submodule: its copy (if any) is neither trained nor saved;
+        # none at all when the reference's values were precomputed (framework.data.precompute)
+        needs_reference = self.objective.reference and not precomputed
+        self.reference = ReferenceModel(model) if needs_reference else None
         self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
         self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
         self.method_kind = method_kind(plugins, str(cfg.method.name))

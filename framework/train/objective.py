@@ -144,6 +144,31 @@ class ReferenceModel:
             yield self.copy
 
 
+@contextmanager
+def starting_model(model: Any) -> Iterator[Any]:
+    """The reference for ``model`` before it has trained, without a copy: the model with its
+    PEFT adapters switched off, or the model itself; in eval mode, under ``torch.no_grad``
+    (train/eval modes are restored after). For computing reference values once before
+    training (``tunesmith_precompute``)."""
+    import torch
+
+    uses_adapters = bool(
+        callable(getattr(model, "disable_adapter", None)) and getattr(model, "peft_config", None)
+    )
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            if uses_adapters:
+                with model.disable_adapter():
+                    yield model
+            else:
+                yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 @dataclass
 class LossContext:
     """What ``tunesmith_compute_loss`` gets as ``ctx``, built for every step.
@@ -190,6 +215,14 @@ class LossContext:
         Raises:
             TunesmithError: the objective does not declare ``reference=True``.
         """
+        if self.objective.reference and self.reference_model is None and self.objective.precomputed:
+            raise TunesmithError(
+                f"The objective '{self.objective.name}' asked for a reference model, but its "
+                "reference values were precomputed, so none was kept.",
+                where=f"objective={self.objective.name}",
+                hint="its loss should read the precomputed fields from the batch "
+                "(Objective.precomputed) when they are there.",
+            )
         if not self.objective.reference or self.reference_model is None:
             raise TunesmithError(
                 f"The objective '{self.objective.name}' asked for a reference model "

@@ -245,6 +245,7 @@ def _train(run: Run, splits: Any, started: float) -> None:
     import time
 
     from framework.data.datamodule import FineTuneDataModule
+    from framework.data.precompute import precompute
     from framework.train.module import FineTuneModule, peak_rss_mb
     from framework.train.objective import describe_objective
 
@@ -283,7 +284,9 @@ def _train(run: Run, splits: Any, started: float) -> None:
 
     datamodule = FineTuneDataModule(splits, cfg)
     datamodule.connect(tokenizer, run.plugins)
-    module = FineTuneModule(model, cfg, run.plugins)
+    # reference values computed once, by the model as training starts (tunesmith_precompute)
+    precomputed = precompute(datamodule, model, run.dir)
+    module = FineTuneModule(model, cfg, run.plugins, precomputed=precomputed)
     trainer = build_trainer(run)
     if type(trainer.accelerator).__name__ == "CPUAccelerator":
         warn_if_cpu_busy()
@@ -370,20 +373,39 @@ def read_logged_metrics(run: Run) -> list[dict[str, str]]:
     return rows
 
 
+def reward_series(rows: list[dict[str, str]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The logged ``rewards/*`` series (an objective's ``ctx.log``), by panel: ``accuracy``
+    for the ``rewards/*accuracy*`` keys, ``rewards`` for the others (margin, chosen...)."""
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = {"accuracy": {}, "rewards": {}}
+    for row in rows:
+        for key, value in row.items():
+            if not value or "/rewards/" not in key:
+                continue
+            panel = "accuracy" if "accuracy" in key.rsplit("/", 1)[-1] else "rewards"
+            panels[panel].setdefault(key, []).append((int(row["step"]), float(value)))
+    return {name: series for name, series in panels.items() if series}
+
+
 def plot_loss_curves(run: Run) -> Path:
-    """Write ``loss_curve.png`` (train and validation loss against step)."""
+    """Write ``loss_curve.png``: train and validation loss against step, and below it every
+    ``rewards/*`` series the objective logged (preference objectives: reward accuracy in one
+    panel, margin and the chosen/rejected rewards in another)."""
     rows = read_logged_metrics(run)
     series: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
     for row in rows:
         for key, points in series.items():
             if row.get(key):
                 points.append((int(row["step"]), float(row[key])))
+    extra = reward_series(rows)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(
+        1 + len(extra), 1, figsize=(7, 4 + 2.5 * len(extra)), sharex=True, squeeze=False
+    )
+    ax = axes[0][0]
     for key, points in series.items():
         if points:
             xs, ys = zip(*points, strict=True)
@@ -399,12 +421,24 @@ def plot_loss_curves(run: Run) -> Path:
             transform=ax.transAxes,
             wrap=True,
         )
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(f"{run.cfg.model.name} / {run.cfg.method.name} / {run.cfg.data.name}")
     if any(series.values()):
         ax.legend()
     ax.grid(alpha=0.3)
+    for (panel, curves), row in zip(extra.items(), axes[1:], strict=True):
+        sub = row[0]
+        for key, points in sorted(curves.items()):
+            xs, ys = zip(*points, strict=True)
+            sub.plot(xs, ys, marker="o" if key.startswith("val/") else None, label=key)
+        if panel == "accuracy":
+            sub.set_ylim(-0.05, 1.05)
+        else:
+            sub.axhline(0.0, color="grey", linewidth=0.8)
+        sub.set_ylabel("reward accuracy" if panel == "accuracy" else "reward")
+        sub.legend(fontsize="small")
+        sub.grid(alpha=0.3)
+    axes[-1][0].set_xlabel("optimizer step")
     path = run.dir / "loss_curve.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
