@@ -302,6 +302,8 @@ DESCRIPTOR_FIELDS = {"kind", "produces", "example", "needs", "key"}
 #: Literals equal to a served name that are something else, with why.
 NOT_NAMES = {
     ("framework/data/prepare.py", "text"): "the key of a text example ({'text': ...})",
+    ("framework/evaluate/human_eval.py", "text"): "a column of ratings.csv: the answer's text",
+    ("framework/train/stage.py", "accuracy"): "the panel of logged rewards/*accuracy series",
 }
 #: The stage keys whose names framework/ must never decide on.
 NAMED_KEYS = ("method", "metric", "format", "export", "objective", "model")
@@ -345,7 +347,10 @@ def _decisions(tree: ast.Module) -> list[ast.Constant]:
                 )
                 upper = any(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
                 if upper and stmt.value is not None:
-                    out += _strings(stmt.value)
+                    consts = _strings(stmt.value)
+                    if consts and {c.value for c in consts} <= VOCABULARY:
+                        continue  # a set of declared kinds or shapes
+                    out += consts
     return out
 
 

@@ -8,8 +8,9 @@ with :func:`framework.evaluate.human_eval.import_dir`, which writes ``results.js
 sheet is the state), and a sheet can be half judged in the page and finished in a
 spreadsheet, or the other way round.
 
-Absolute ratings (one score per criterion per answer) go to ``human_eval/ratings.csv``;
-their means per side (unblinded with ``key.json``) to ``human_eval/ratings.json``.
+Absolute ratings (one score per criterion per answer) go to ``human_eval/ratings.csv``, the
+ratings sheet the CSV export writes, and are imported the same way: their means per side
+(unblinded with ``key.json``) land in ``results.json`` under ``ratings``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from typing import Any
 
 from framework.errors import DataError
 from framework.evaluate import human_eval as he
-from framework.run import atomic_path, write_json
+from framework.run import atomic_path
 
 FOLDER = "human_eval"
-RATINGS = "ratings.csv"
-RATINGS_RESULTS = "ratings.json"
-#: Criteria rated 1-5 when the board config names none.
-DEFAULT_CRITERIA = ("correctness", "reasonableness", "fluency", "diversity")
+#: Criteria rated 1-5 when the board config names none: those of the ratings sheet.
+DEFAULT_CRITERIA = he.CRITERIA
 SCALE = (1, 5)
 
 _lock = threading.Lock()
@@ -138,32 +137,34 @@ def prefer(run_dir: Path, item: str, preferred: str, comment: str = "") -> dict[
 
 
 def _read_ratings(folder: Path) -> dict[tuple[str, str], dict[str, int]]:
-    path = folder / RATINGS
+    """The scores given so far in ``ratings.csv`` (the sheet of :mod:`human_eval`)."""
+    path = folder / he.RATINGS
     out: dict[tuple[str, str], dict[str, int]] = {}
     if not path.is_file():
         return out
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            for row in csv.DictReader(f):
-                scores = {}
-                for key, value in row.items():
-                    if key in ("item", "answer", "comment") or not key:
-                        continue
-                    try:
-                        scores[key] = int(value)
-                    except (TypeError, ValueError):
-                        continue
-                out[(row.get("item", ""), row.get("answer", ""))] = scores
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return {}
+        rows = he.read_ratings(path)
+    except (DataError, OSError, csv.Error, UnicodeDecodeError):
+        return {}  # half-written or hand-broken: the page still opens
+    for line, row in rows:
+        scores: dict[str, int] = {}
+        for c in he.CRITERIA:
+            try:
+                value = he.parse_rating(row.get(c, ""), f"{path}:{line}")
+            except DataError:
+                value = None
+            if value is not None:
+                scores[c] = value
+        out[(row.get("item", ""), row.get("answer", "").upper())] = scores
     return out
 
 
 def rate(
     run_dir: Path, item: str, answer: str, scores: dict[str, Any], criteria: list[str]
 ) -> dict:
-    """Record absolute scores (``{criterion: 1..5}``) for one answer (``A``/``B``) of ``item``;
-    returns the means per side.
+    """Record absolute scores (``{criterion: 1..5}``) for one answer (``A``/``B``) of ``item``
+    in ``ratings.csv``, then import it as ``stages=[human_eval_import]`` does; returns the
+    ``ratings`` part of ``results.json`` (mean per side and criterion).
 
     Raises:
         DataError: no sheet, an unknown item / answer / criterion, or a score off the scale.
@@ -171,63 +172,43 @@ def rate(
     folder = folder_of(run_dir)
     if answer not in ("A", "B"):
         raise DataError(f"'{answer}' is not an answer of the sheet.", hint="give A or B.")
-    clean: dict[str, int] = {}
+    allowed = [c for c in criteria if c in he.CRITERIA] or list(he.CRITERIA)
+    clean: dict[str, str] = {}
     for key, value in scores.items():
-        if key not in criteria:
-            raise DataError(f"'{key}' is not a rated criterion.", hint=f"one of {criteria}.")
+        if key not in allowed:
+            raise DataError(f"'{key}' is not a rated criterion.", hint=f"one of {allowed}.")
         try:
             number = int(value)
         except (TypeError, ValueError):
             number = 0
         if not SCALE[0] <= number <= SCALE[1]:
             raise DataError(f"{key}: '{value}' is off the scale.", hint="give 1 to 5.")
-        clean[key] = number
+        clean[key] = str(number)
     with _lock:
         sheet = folder / he.SHEET
         if not sheet.is_file():
             raise DataError("There is no sheet to judge yet.", hint="start judging first.")
-        items = {row.get("item") for _line, row in he._read_sheet(sheet)}
-        if item not in items:
-            raise DataError(f"Item '{item}' is not in the sheet.", where=str(sheet))
-        ratings = _read_ratings(folder)
-        ratings[(item, answer)] = {**ratings.get((item, answer), {}), **clean}
-        with (
-            atomic_path(folder / RATINGS) as tmp,
-            tmp.open("w", encoding="utf-8-sig", newline="") as f,
-        ):
-            writer = csv.DictWriter(f, fieldnames=["item", "answer", *criteria])
-            writer.writeheader()
-            for (it, ans), values in sorted(ratings.items()):
-                writer.writerow(
-                    {"item": it, "answer": ans, **{c: values.get(c, "") for c in criteria}}
-                )
-        summary = _summarize_ratings(folder, ratings, criteria)
-        write_json(folder / RATINGS_RESULTS, summary)
-    return summary
-
-
-def _summarize_ratings(folder: Path, ratings: dict, criteria: list[str]) -> dict[str, Any]:
-    key = json.loads((folder / he.KEY).read_text(encoding="utf-8"))
-    sides: dict[str, dict[str, list[int]]] = {s: {c: [] for c in criteria} for s in key["sides"]}
-    for (item, answer), values in ratings.items():
-        side = key["items"].get(item, {}).get(answer)
-        if side not in sides:
-            continue
-        for c, v in values.items():
-            if c in sides[side]:
-                sides[side][c].append(v)
-    return {
-        "scale": list(SCALE),
-        "sides": {
-            s: {c: {"mean": sum(v) / len(v) if v else None, "n": len(v)} for c, v in cs.items()}
-            for s, cs in sides.items()
-        },
-    }
+        path = folder / he.RATINGS
+        if not path.is_file():  # the same blinded sheet the CSV export writes
+            he.write_ratings_sheet(path, [row for _line, row in he._read_sheet(sheet)])
+        rows = [row for _line, row in he.read_ratings(path)]
+        target = next(
+            (r for r in rows if r.get("item") == item and r.get("answer", "").upper() == answer),
+            None,
+        )
+        if target is None:
+            raise DataError(f"Item '{item}' is not in the sheet.", where=str(path))
+        target.update(clean)
+        _write_rows(path, list(he.RATING_COLUMNS), rows)
+        results = he.import_dir(folder)
+    return results.get("ratings") or {}
 
 
 def _summary_file(folder: Path) -> dict | None:
-    path = folder / RATINGS_RESULTS
+    """The ``ratings`` part of ``results.json``, if ratings were imported."""
+    path = folder / he.RESULTS
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except ValueError:
         return None
+    return (results or {}).get("ratings")

@@ -43,6 +43,8 @@ def _overrides(alpaca_file: Path, *extra: str) -> list[str]:
         "data.batch_size=8",
         "stages=[prepare,train]",
         TEST_PLUGIN,
+        # the demo's fast learning rate (method=lora would start at 2e-4) unless a test sets one
+        *([] if any(e.startswith("optim.lr=") for e in extra) else ["optim.lr=2e-3"]),
         *extra,
     ]
 

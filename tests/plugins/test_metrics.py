@@ -196,8 +196,11 @@ def test_in_tree_metrics_declare_direction_needs_and_description() -> None:
         info = plugins.describe("metric", name)
         assert isinstance(info, Metric) and info.description, name
         assert info.needs and set(info.needs) <= set(METRIC_NEEDS), name
-        # perplexity is the one in-tree metric where lower is better
-        assert info.higher_is_better is (name != "perplexity"), name
+        if name == "lm_eval":  # each task's direction comes with its Score, from lm-eval
+            assert info.higher_is_better is None
+            continue
+        lower = {"perplexity", "repetition_rate"}  # where a smaller value is the better one
+        assert info.higher_is_better is (name not in lower), name
 
 
 def test_metric_plugins_follow_the_config(tmp_path: Path) -> None:

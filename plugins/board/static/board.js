@@ -244,7 +244,7 @@
         Object.keys(rr.sides).forEach(function (s) {
           tb2.appendChild(h("tr", {}, [h("td", {text: s})].concat(info.criteria.map(function (c) {
             var m = rr.sides[s][c] || {};
-            return h("td", {cls: "num", text: m.mean === null || m.mean === undefined ? "" : m.mean.toFixed(2) + " (n=" + m.n + ")"});
+            return h("td", {cls: "num", text: m.mean === null || m.mean === undefined ? "" : m.mean.toFixed(2) + " (n=" + m.count + ")"});
           }))));
         });
         t2.appendChild(tb2);

@@ -286,8 +286,11 @@ def test_judge_saves_preferences_as_the_csv_import_does(client: TestClient, root
     r = client.post("/api/judge/prefer", json={"path": REAL, "item": second, "preferred": "tie"})
     results = r.json()["results"]
     folder = run_dir / "human_eval"
-    # exactly what the CSV import computes from the sheet
-    assert results == human_eval.import_sheet(folder / "sheet.csv", folder / "key.json")
+    # exactly what the CSV import computes from the sheets (A/B, and the blank ratings sheet)
+    assert results == {
+        **human_eval.import_sheet(folder / "sheet.csv", folder / "key.json"),
+        "ratings": human_eval.import_ratings(folder / "ratings.csv", folder / "key.json"),
+    }
     assert json.loads((folder / "results.json").read_text()) == results
     assert results["scored"] == 2 and results["unscored"] == 2
     with (folder / "sheet.csv").open(encoding="utf-8-sig", newline="") as f:
@@ -304,7 +307,7 @@ def test_judge_saves_preferences_as_the_csv_import_does(client: TestClient, root
         json={"path": REAL, "item": first, "answer": "B", "scores": {"fluency": 4}},
     )
     ratings = r.json()["ratings"]
-    assert sum(s["fluency"]["n"] for s in ratings["sides"].values()) == 1
+    assert sum(s["fluency"]["count"] for s in ratings["sides"].values()) == 1
     assert (folder / "ratings.csv").is_file()
     # bad input
     assert (
