@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_eval import smollm2_cached  # noqa: E402
+from benchmarks.bench_smollm2 import cpu_description, describe  # noqa: E402
 from benchmarks.methods_memory import run_measured  # noqa: E402
 
 PRECISIONS = ("bf16-mixed", "32-true")
@@ -74,6 +75,14 @@ def _run(overrides: list[str], workdir: Path, name: str) -> dict:
             time_to_first_step_s=p["time_to_first_step_s"],
             train_s=p["train_s"],
         )
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        result["last_ckpt_mib"] = ckpt.stat().st_size / 2**20
+    summary = run_dir / "train_summary.json"
+    if summary.exists():  # what precision=auto / dtype=auto chose on this machine, and why
+        hardware = json.loads(summary.read_text(encoding="utf-8")).get("hardware") or {}
+        keys = ("precision", "precision_reason", "dtype", "dtype_reason", "cpu_threads")
+        result["hardware"] = {k: hardware.get(k) for k in keys}
     metrics = run_dir / "metrics.json"
     if metrics.exists():
         m = json.loads(metrics.read_text(encoding="utf-8"))
@@ -146,7 +155,8 @@ def main() -> None:
     if not smollm2_cached():
         raise SystemExit("SmolLM2 is not converted yet: run `python run.py` once first.")
     parts = args.parts.split(",")
-    result: dict = {"demo": [], "methods": [], "steps": args.steps}
+    result: dict = {"demo": [], "methods": [], "steps": args.steps, "cpu": cpu_description()}
+    print(f"CPU: {describe(result['cpu'])}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-demo-") as tmp:
         if "demo" in parts:
             result["demo"] = demo(args.precisions.split(","), Path(tmp))
@@ -161,16 +171,18 @@ def main() -> None:
 def render(result: dict) -> str:
     """The figures as Markdown (``run_all.py`` puts this into RESULTS.md)."""
     lines = []
+    if result.get("cpu"):
+        lines += [f"CPU: {describe(result['cpu'])}", ""]
     if result["demo"]:
         lines += [
             "| `python run.py` | wall time | train tokens/s | time to 1st step | peak RSS | "
-            "exact match base -> tuned | perplexity base -> tuned |",
-            "|---|---|---|---|---|---|---|",
+            "exact match base -> tuned | perplexity base -> tuned | last.ckpt |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result["demo"]:
             label = "(defaults)" if r["default"] else f"trainer.precision={r['precision']}"
             if r["returncode"]:
-                lines.append(f"| {label} | failed (exit {r['returncode']}) | | | | | |")
+                lines.append(f"| {label} | failed (exit {r['returncode']}) | | | | | | |")
                 continue
             m = r.get("metrics", {})
             em = pp = "n/a"
@@ -180,8 +192,16 @@ def render(result: dict) -> str:
             lines.append(
                 f"| {label} | {r['wall_s']:.0f} s | {r.get('tokens_per_s', 0):,.0f} | "
                 f"{r.get('time_to_first_step_s', 0):.1f} s | {r['peak_rss_mib']:,.0f} MiB | "
-                f"{em} | {pp} |"
+                f"{em} | {pp} | {r.get('last_ckpt_mib', 0):,.1f} MiB |"
             )
+        chosen = [r["hardware"] for r in result["demo"] if r.get("default") and r.get("hardware")]
+        if chosen:
+            hw = chosen[0]
+            lines += [
+                "",
+                f"The defaults chose: {hw.get('precision_reason')}; {hw.get('dtype_reason')}; "
+                f"{hw.get('cpu_threads')} CPU threads.",
+            ]
         lines.append("")
     if result["methods"]:
         lines += [
