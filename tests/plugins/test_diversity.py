@@ -128,7 +128,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _evaluate(trained, tmp_path: Path, monkeypatch, answer) -> tuple[dict, str]:
     """Evaluate a copy of the trained run with fabricated answers (``answer(prompt)``)."""
 
-    def fake_generate(model, tokenizer, prompts, evaluator, keep):
+    def fake_generate(model, tokenizer, prompts, evaluator, keep, references=None):
         keep(list(range(len(prompts))), [answer(p) for p in prompts])
 
     monkeypatch.setattr(context, "generate", fake_generate)
