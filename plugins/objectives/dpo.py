@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
 from framework.errors import ConfigError
-from plugins.objectives import pair_fields
+from plugins.objectives import pair_fields, pair_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -141,20 +141,8 @@ def tunesmith_provides() -> list[Objective]:
     ]
 
 
-@hookimpl
-def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
-    from plugins.objectives import preference as pref
-
-    if name != NAME or "rejected" not in example:
-        return None
-    return pref.encode_pair(example, tokenizer, int(cfg.data.max_length))
-
-
-@hookimpl
-def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int) -> dict | None:
-    from plugins.objectives import preference as pref
-
-    return pref.collate_pairs(rows, pad_token_id) if name == NAME else None
+tunesmith_encode_example = pair_hooks.encode_pairs(NAME)
+tunesmith_collate = pair_hooks.collate_pairs(NAME)
 
 
 @hookimpl

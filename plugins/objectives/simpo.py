@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
-from plugins.objectives import pair_fields
+from plugins.objectives import pair_fields, pair_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -74,20 +74,8 @@ def tunesmith_provides() -> list[Objective]:
     ]
 
 
-@hookimpl
-def tunesmith_encode_example(name: str, example: dict, tokenizer: Any, cfg: Any) -> dict | None:
-    from plugins.objectives import preference as pref
-
-    if name != NAME or "rejected" not in example:
-        return None
-    return pref.encode_pair(example, tokenizer, int(cfg.data.max_length))
-
-
-@hookimpl
-def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int) -> dict | None:
-    from plugins.objectives import preference as pref
-
-    return pref.collate_pairs(rows, pad_token_id) if name == NAME else None
+tunesmith_encode_example = pair_hooks.encode_pairs(NAME)
+tunesmith_collate = pair_hooks.collate_pairs(NAME)
 
 
 @hookimpl
@@ -95,8 +83,4 @@ def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
     return loss(model, batch, ctx) if name == NAME else None
 
 
-@hookimpl
-def tunesmith_sequence_reward(name: str, logps: Any, tokens: Any, options: Any) -> Any:
-    if name != NAME:
-        return None
-    return float(options.beta) * logps / tokens.clamp(min=1)
+tunesmith_sequence_reward = pair_hooks.length_normalised_reward(NAME)
