@@ -132,6 +132,7 @@ class TunesmithPluginManager:
     disabled_loaders: dict[str, Any] = field(default_factory=dict, repr=False)
     #: Plugin name -> the distribution it came from (``None``: in-tree or cfg.plugins).
     dists: dict[str, importlib.metadata.Distribution | None] = field(default_factory=dict)
+    _callers: dict[tuple[str, str, str], Any] = field(default_factory=dict, repr=False)
 
     @property
     def hook(self) -> pluggy.HookRelay:
@@ -152,6 +153,30 @@ class TunesmithPluginManager:
     def providers(self, stage: str, name: str) -> list[Provider]:
         """Every plugin serving ``name`` for ``stage``, in registration order."""
         return list(self.served.get(stage, {}).get(name, []))
+
+    def caller(self, hook: str, stage: str, name: str) -> Any:
+        """The hook ``hook`` calling only the plugins that serve ``name`` for ``stage`` (and any
+        plugin wrapping the hook), for hooks called once per record or example.
+
+        Same answers as ``self.hook.<hook>(name=name, ...)`` when, as the contract asks, only
+        a plugin declaring ``name`` answers for it; the other plugins' implementations are not
+        run just to return ``None``. Nobody declaring ``name`` (a plugin written for the first
+        contract without declarations): the whole hook.
+        """
+        key = (hook, stage, name)
+        if key not in self._callers:
+            serving = {p.plugin for p in self.providers(stage, name)}
+            if not serving:
+                self._callers[key] = getattr(self.pm.hook, hook)
+            else:
+                keep = serving | {
+                    impl.plugin_name
+                    for impl in getattr(self.pm.hook, hook).get_hookimpls()
+                    if impl.wrapper or impl.hookwrapper
+                }
+                others = [p for n, p in self.pm.list_name_plugin() if n not in keep]
+                self._callers[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
+        return self._callers[key]
 
     def sessions(self) -> set[str]:
         """The session stages (used without changing a run: ``chat``, ``serve``)."""

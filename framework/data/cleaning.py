@@ -130,15 +130,87 @@ def exact_dedup(examples: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, removed
 
 
-def shingles(text: str, n: int) -> set[str]:
-    """Character ``n``-grams of ``text`` (lower-cased, runs of whitespace as one space).
+#: Odd multipliers of the 64-bit finaliser (splitmix64) that spreads shingle hashes.
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_MASK32 = 0xFFFFFFFF
 
-    Characters rather than words, so text without spaces (Chinese, Japanese) works too.
+
+def shingle_hashes(text: str, n: int) -> Any:
+    """32-bit hashes of the character ``n``-grams of ``text``, one per position (a repeated
+    n-gram repeats its hash, which a minimum does not mind).
+
+    The text is lower-cased with runs of whitespace as one space; characters rather than words,
+    so text without spaces (Chinese, Japanese) works too. A text of ``n`` characters or fewer is
+    one n-gram.
+
+    Computed with numpy over the code points (a polynomial hash of each window, then a mixing
+    step), so a long text costs a few array operations instead of one Python call per n-gram.
+    Deterministic: equal on every machine and in every process.
     """
+    import numpy as np
+
     text = _SPACES.sub(" ", text.lower()).strip()
-    if len(text) <= n:
-        return {text}
-    return {text[i : i + n] for i in range(len(text) - n + 1)}
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    width = max(1, len(codes) - n + 1)
+    h = np.zeros(width, dtype=np.uint64)
+    for k in range(min(n, len(codes))):  # h = sum codes[i + k] * 1000003^(n-1-k), mod 2^64
+        h = h * np.uint64(1000003) + codes[k : k + width]
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(_MIX1)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(_MIX2)
+    h ^= h >> np.uint64(31)
+    return (h & np.uint64(_MASK32)).astype(np.uint32)
+
+
+def minhash_signatures(texts: list[str], ngram: int, num_perm: int, seed: int = 1) -> Any:
+    """MinHash signatures, one row of ``num_perm`` values per text.
+
+    Each permutation is ``h -> (a * h + b) mod 2^32`` with an odd ``a`` (a bijection of 32-bit
+    values; uint32 arithmetic wraps exactly so), drawn from a generator seeded with ``seed``.
+    Texts are processed in chunks through one reused ``(num_perm x n-grams)`` buffer.
+    """
+    import numpy as np
+
+    gen = np.random.default_rng(seed)
+    a = (gen.integers(0, 1 << 31, num_perm, dtype=np.uint64) * 2 + 1).astype(np.uint32)[:, None]
+    b = gen.integers(0, 1 << 32, num_perm, dtype=np.uint64).astype(np.uint32)[:, None]
+    hashes = [shingle_hashes(t, ngram) for t in texts]
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    budget = 1 << 15  # n-grams per chunk: a 16 MB buffer at 128 permutations
+    buffer = np.empty((num_perm, max(budget, max((len(h) for h in hashes), default=1))), np.uint32)
+    i = 0
+    while i < len(hashes):
+        first, total = i, 0
+        while i < len(hashes) and (i == first or total + len(hashes[i]) <= budget):
+            total += len(hashes[i])
+            i += 1
+        chunk = buffer[:, :total]
+        np.multiply(a, np.concatenate(hashes[first:i])[None, :], out=chunk)
+        chunk += b
+        starts = np.cumsum([0] + [len(h) for h in hashes[first : i - 1]])
+        out[first:i] = np.minimum.reduceat(chunk, starts, axis=1).T
+    return out
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """``(bands, rows per band)`` whose banding best separates pairs above and below
+    ``threshold``: the sum of the false-positive and false-negative probability mass, each
+    integrated over the similarities on its side of the threshold, is smallest."""
+    import numpy as np
+
+    pairs = np.array(
+        [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float
+    )
+    bands, rows = pairs[:, :1], pairs[:, 1:]
+
+    def mass(lo: float, hi: float, positive: bool) -> Any:
+        s = np.linspace(lo, hi, 201)[None, :]
+        hit = 1.0 - (1.0 - s**rows) ** bands
+        return np.mean(1.0 - hit if positive else hit, axis=1) * (hi - lo)
+
+    best = int(np.argmin(mass(0.0, threshold, False) + mass(threshold, 1.0, True)))
+    return int(pairs[best, 0]), int(pairs[best, 1])
 
 
 def near_dedup(
@@ -148,26 +220,30 @@ def near_dedup(
 
     Two examples are twins when the Jaccard similarity of their character ``ngram`` sets,
     estimated by MinHash with ``num_perm`` permutations, is at least ``threshold``.
-    Deterministic: the hash functions are seeded and examples are visited in order.
+    Deterministic: the hash functions are seeded and examples are visited in order; of several
+    earlier twins, the most similar (then the earliest) is named.
     """
-    from datasketch import MinHash, MinHashLSH
-
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(
             f"near_dedup_threshold must be in (0, 1], got {threshold}.",
             where="data.clean.near_dedup_threshold",
             hint="e.g. 0.85: drop examples sharing about 85% of their character n-grams.",
         )
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    hashes: dict[int, MinHash] = {}
+    if not examples:
+        return [], []
+    signatures = minhash_signatures([example_text(e) for e in examples], ngram, num_perm)
+    bands, rows = _cached_bands(threshold, num_perm)
+    keys = [
+        [row.tobytes() for row in signatures[:, i * rows : (i + 1) * rows]] for i in range(bands)
+    ]
+    buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
     kept, removed = [], []
     for i, e in enumerate(examples):
-        m = MinHash(num_perm=num_perm, seed=1)
-        m.update_batch([s.encode("utf-8") for s in shingles(example_text(e), ngram)])
+        candidates = {j for band in range(bands) for j in buckets[band].get(keys[band][i], ())}
         best, best_sim = None, 0.0
-        for j in lsh.query(m):
-            sim = m.jaccard(hashes[j])
-            if sim >= threshold and (sim > best_sim or (sim == best_sim and j < best)):
+        for j in sorted(candidates):
+            sim = float((signatures[i] == signatures[j]).mean())
+            if sim >= threshold and sim > best_sim:
                 best, best_sim = j, sim
         if best is not None:
             removed.append(
@@ -180,10 +256,19 @@ def near_dedup(
                 )
             )
             continue
-        lsh.insert(i, m)
-        hashes[i] = m
+        for band in range(bands):
+            buckets[band].setdefault(keys[band][i], []).append(i)
         kept.append(e)
     return kept, removed
+
+
+_BANDS: dict[tuple[float, int], tuple[int, int]] = {}
+
+
+def _cached_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    if (threshold, num_perm) not in _BANDS:
+        _BANDS[threshold, num_perm] = lsh_bands(threshold, num_perm)
+    return _BANDS[threshold, num_perm]
 
 
 # ----------------------------------------------------------------------------- length

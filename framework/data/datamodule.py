@@ -100,10 +100,9 @@ class FineTuneDataModule(pl.LightningDataModule):
                 token_cache.save(path, rows, fields)  # later runs read them back, as before
             if rows is None:
                 rows = []
+                encode = self.plugins.caller("tunesmith_encode_example", "objective", name)
                 for ex in examples:
-                    enc = self.plugins.hook.tunesmith_encode_example(
-                        name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg
-                    )
+                    enc = encode(name=name, example=ex, tokenizer=self.tokenizer, cfg=self.cfg)
                     if enc is not None and max(enc["labels"], default=IGNORE_INDEX) > IGNORE_INDEX:
                         rows.append({k: _compact(k, v, fields) for k, v in enc.items()})
                 if path is not None:
@@ -189,11 +188,15 @@ class FineTuneDataModule(pl.LightningDataModule):
 
     def _objective_collate(self) -> ObjectiveCollate | None:
         """The ``tunesmith_collate`` hook for this objective, when any plugin implements it."""
-        if self.plugins is None or not self.plugins.hook.tunesmith_collate.get_hookimpls():
+        if self.plugins is None:
+            return None
+        name = objective_name(self.cfg)
+        hook = self.plugins.caller("tunesmith_collate", "objective", str(name))
+        if not hook.get_hookimpls():
             return None
         return ObjectiveCollate(
-            self.plugins.hook.tunesmith_collate,
-            objective_name(self.cfg),
+            hook,
+            name,
             self.tokenizer.pad_token_id,
             self.cfg,
         )

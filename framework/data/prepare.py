@@ -342,11 +342,9 @@ def read_file(run: Run, path: Path, cfg: DictConfig) -> Any:
         records = run.hook.tunesmith_read_file(path=path, data_cfg=cfg)
         readers = ""
     else:
-        names = {p.plugin for p in plugins.providers("file", file_type)}
-        others = [plugin for name, plugin in plugins.pm.list_name_plugin() if name not in names]
-        caller = plugins.pm.subset_hook_caller("tunesmith_read_file", remove_plugins=others)
-        records = caller(path=path, data_cfg=cfg)
-        readers = f" (the plugins declaring {file_type}: {', '.join(sorted(names))})"
+        records = plugins.caller("tunesmith_read_file", "file", file_type)(path=path, data_cfg=cfg)
+        names = sorted({p.plugin for p in plugins.providers("file", file_type)})
+        readers = f" (the plugins declaring {file_type}: {', '.join(names)})"
     if records is None:
         raise DataError(
             f"No plugin reads files like '{path.name}'{readers}.",
@@ -378,6 +376,7 @@ def load_source(run: Run, source: Source) -> tuple[list[dict], list[dict]]:
         )
     examples: list[dict] = []
     rejects: list[dict] = []
+    parse = run.plugins.caller("tunesmith_parse_record", "format", fmt)
     for path in source.files:
         records = read_file(run, path, cfg)
         for line, record in records:
@@ -385,7 +384,7 @@ def load_source(run: Run, source: Source) -> tuple[list[dict], list[dict]]:
             try:
                 if isinstance(record, RecordError):
                     raise record
-                example = run.hook.tunesmith_parse_record(name=fmt, record=record, data_cfg=cfg)
+                example = parse(name=fmt, record=record, data_cfg=cfg)
                 if example is None:
                     raise RecordError("unparsed", f"the '{fmt}' plugin returned nothing")
                 check_text(example)
@@ -530,6 +529,7 @@ class Encoder:
 
         info = describe_objective(run.cfg, run.plugins)
         self.objective, self.trains_on = info.name, info.example
+        self.encode_hook = run.plugins.caller("tunesmith_encode_example", "objective", info.name)
         self.max_length = int(run.cfg.data.max_length)
         self.full_cfg = copy.deepcopy(run.cfg)
         with open_dict(self.full_cfg):
@@ -542,7 +542,7 @@ class Encoder:
 
     def encode(self, example: dict, full: bool = False) -> dict[str, list[int]]:
         """The example as the model sees it (cut to ``data.max_length`` unless ``full``)."""
-        enc = self.run.hook.tunesmith_encode_example(
+        enc = self.encode_hook(
             name=self.objective,
             example=example,
             tokenizer=self.tokenizer,

@@ -440,3 +440,39 @@ def test_docs_list_every_rejection_reason_and_cleaning_key() -> None:
     clean = compose_config(["data=demo"]).data.clean
     for key in clean:
         assert f"`{key}:" in docs, f"docs/data.md does not explain data.clean.{key}"
+
+
+def test_near_dedup_estimates_jaccard_and_catches_twins_without_spaces() -> None:
+    """The MinHash estimate follows the exact Jaccard similarity of the character 5-grams, so
+    twins above the threshold go and distinct texts stay, in English and in Chinese."""
+    from framework.data.cleaning import minhash_signatures, near_dedup
+
+    def grams(text: str) -> set[str]:
+        text = " ".join(text.lower().split())
+        return {text[i : i + 5] for i in range(len(text) - 4)}
+
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(300)]
+    pairs = []
+    for _ in range(40):
+        a = " ".join(rng.choice(words) for _ in range(60))
+        cut = rng.randrange(1, 40)
+        b = a[: cut * 4] + " ".join(rng.choice(words) for _ in range(cut)) + a[cut * 8 :]
+        pairs.append((a, b))
+    sig = minhash_signatures([t for pair in pairs for t in pair], ngram=5, num_perm=256)
+    for k, (a, b) in enumerate(pairs):
+        exact = len(grams(a) & grams(b)) / len(grams(a) | grams(b))
+        estimate = float((sig[2 * k] == sig[2 * k + 1]).mean())
+        assert abs(estimate - exact) < 0.15, (exact, estimate)
+
+    story = "从前有一座山，山里有一座庙，庙里有一个老和尚在给小和尚讲故事。" * 3
+    rows = [
+        {"instruction": "讲个故事", "output": story},
+        {"instruction": "讲个故事", "output": story.replace("老和尚", "老师傅", 1)},
+        {"instruction": "讲个笑话", "output": "今天天气很好，我们去公园散步吧，然后一起吃午饭。"},
+        {"instruction": "Tell a story.", "output": "Once upon a time there was a mountain."},
+    ]
+    kept, removed = near_dedup([{**r, "_source": f"f:{i}"} for i, r in enumerate(rows)])
+    assert [r["duplicate_of"] for r in removed] == ["f:0"]
+    assert [r["source"] for r in removed] == ["f:1"] and len(kept) == 3
+    assert near_dedup([]) == ([], [])
