@@ -72,6 +72,7 @@ VARIANTS: dict[str, list[str]] = {
     "packed": ["data.packing=true", "data.group_by_length=false"],
     "packed_grouped": ["data.packing=true", "data.group_by_length=true"],
     "same_cold": ["data.packing=false", "data.group_by_length=false", "data.cache=false"],
+    "defaults_cold": ["data.cache=false"],
 }
 DEFAULT_VARIANTS = ("same", "defaults")
 
@@ -178,7 +179,9 @@ def ratios(summary: dict[str, dict[str, float]]) -> list[tuple[str, float, str, 
         r = same["tokens_per_s"] / plain["tokens_per_s"]
         rows.append(("same workload: tokens/s vs plain loop", r, ">= 0.97x", r >= 0.97))
         d = same["time_to_first_step_s"] - plain["time_to_first_step_s"]
-        rows.append(("same workload: time to 1st step minus plain (s)", d, "<= +1.0 s", d <= 1.0))
+        rows.append(
+            ("same workload, warm: time to 1st step minus plain (s)", d, "<= +1.0 s", d <= 1.0)
+        )
         m = same["peak_rss_mib"] / plain["peak_rss_mib"]
         rows.append(("same workload: peak RSS vs plain loop", m, "<= 1.1x", m <= 1.1))
     if "defaults" in summary:
@@ -187,6 +190,15 @@ def ratios(summary: dict[str, dict[str, float]]) -> list[tuple[str, float, str, 
         rows.append(("tunesmith defaults: non-pad tokens/s vs plain", r, ">= 1.6x", r >= 1.6))
         m = fast["peak_rss_mib"] / plain["peak_rss_mib"]
         rows.append(("tunesmith defaults: peak RSS vs plain loop", m, "<= 1.1x", m <= 1.1))
+        d = fast["time_to_first_step_s"] - plain["time_to_first_step_s"]
+        rows.append(("defaults, warm: time to 1st step minus plain (s)", d, "<= +1.0 s", d <= 1.0))
+    # cold: nothing cached (issue 16): the prepare stage reads, cleans and tokenises everything
+    for name, what in (("same_cold", "same workload"), ("defaults_cold", "defaults")):
+        if name in summary:
+            d = summary[name]["time_to_first_step_s"] - plain["time_to_first_step_s"]
+            rows.append(
+                (f"{what}, cold: time to 1st step minus plain (s)", d, "<= +1.5 s", d <= 1.5)
+            )
     return rows
 
 

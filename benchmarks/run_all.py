@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating training rounds")
     parser.add_argument("--quick", action="store_true", help="2 rounds, fewer repeats")
     parser.add_argument("--threads", type=int, help="torch threads of the training runs")
-    parser.add_argument("--variants", default="same,defaults,grouped,same_cold")
+    parser.add_argument("--variants", default="same,defaults,same_cold,defaults_cold")
     parser.add_argument(
         "--eval-models", default="workload,smollm2", help="smollm2 runs only if it is cached"
     )
