@@ -163,3 +163,61 @@ def test_every_hookspec_has_a_docstring_with_its_result_policy() -> None:
             doc = getattr(hookspecs, name).__doc__ or ""
             assert "Called" in doc, f"{name}: say when it is called"
             assert "Fan-out" in doc or "First result wins" in doc or "ignored" in doc, name
+
+
+def test_per_record_hooks_ask_only_the_plugins_serving_the_name(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``caller`` runs the plugins declaring the format (and wrappers of the hook), not every
+    format plugin once per record; a name nobody declares still reaches the whole hook."""
+    (tmp_path / "calls_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from framework import DataFormat, hookimpl
+
+            CALLS = []
+
+            @hookimpl
+            def tunesmith_provides():
+                return [DataFormat("shout")]
+
+            @hookimpl
+            def tunesmith_parse_record(name, record):
+                CALLS.append(name)
+                return {"text": str(record).upper()} if name == "shout" else None
+            """
+        )
+    )
+    (tmp_path / "wrap_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from framework import hookimpl
+            from calls_plugin import CALLS
+
+            @hookimpl(wrapper=True)
+            def tunesmith_parse_record(name, record):
+                CALLS.append("wrapped")
+                return (yield)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = build_plugin_manager(extra=["calls_plugin", "wrap_plugin"], entry_points=False)
+    calls = sys.modules["calls_plugin"].CALLS
+
+    parse = pm.caller("tunesmith_parse_record", "format", "alpaca")
+    example = parse(name="alpaca", record={"instruction": "Hi", "output": "Hello"}, data_cfg={})
+    assert example["messages"][-1]["content"] == "Hello"
+    assert calls == ["wrapped"]  # the wrapper ran; the other format plugin was not asked
+    assert parse is pm.caller("tunesmith_parse_record", "format", "alpaca")  # built once
+
+    calls.clear()
+    shout = pm.caller("tunesmith_parse_record", "format", "shout")
+    assert shout(name="shout", record="hi", data_cfg={}) == {"text": "HI"}
+    assert calls == ["wrapped", "shout"]
+
+    calls.clear()
+    anyone = pm.caller("tunesmith_parse_record", "format", "undeclared")
+    assert anyone is pm.hook.tunesmith_parse_record
+    assert anyone(name="undeclared", record="x", data_cfg={}) is None
+    assert "undeclared" in calls
