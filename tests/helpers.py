@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,19 @@ import torch
 from omegaconf import DictConfig
 
 from framework.run import Run
+
+
+def loss_rows(run_dir: Path) -> list[tuple[int, float]]:
+    """``(step, train/loss)`` of every logged training step in ``run_dir``'s metrics.csv files."""
+    rows = []
+    for path in run_dir.glob("logs/**/metrics.csv"):
+        with path.open() as f:
+            rows += [
+                (int(r["step"]), float(r["train/loss"]))
+                for r in csv.DictReader(f)
+                if r.get("train/loss")
+            ]
+    return sorted(rows)
 
 
 def new_run(cfg: DictConfig) -> Run:

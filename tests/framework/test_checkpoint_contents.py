@@ -8,7 +8,6 @@ never stopped; a whole checkpoint written by an older tunesmith still loads.
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from framework.train.checkpointing import (
     saves_trainable_only,
 )
 from tests.conftest import compose_config
+from tests.helpers import loss_rows
 
 TEST_PLUGIN = "plugins=[tests.framework.reliability_plugins]"
 
@@ -53,18 +53,6 @@ def _checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def _loss_rows(run_dir: Path) -> list[tuple[int, float]]:
-    rows = []
-    for path in run_dir.glob("logs/**/metrics.csv"):
-        with path.open() as f:
-            rows += [
-                (int(r["step"]), float(r["train/loss"]))
-                for r in csv.DictReader(f)
-                if r.get("train/loss")
-            ]
-    return sorted(rows)
-
-
 def _interrupt_then_resume(
     cfg_args: list[str], run_dir: Path, monkeypatch, caplog, at: int = 3
 ) -> None:
@@ -81,8 +69,8 @@ def _interrupt_then_resume(
 
 
 def _assert_same_training(resumed: Path, reference: Path) -> None:
-    assert _loss_rows(resumed) == _loss_rows(reference)
-    assert [step for step, _ in _loss_rows(resumed)] == list(range(5))
+    assert loss_rows(resumed) == loss_rows(reference)
+    assert [step for step, _ in loss_rows(resumed)] == list(range(5))
     ours, theirs = _checkpoint(resumed), _checkpoint(reference)
     assert ours["global_step"] == theirs["global_step"] == 5
     assert ours["state_dict"].keys() == theirs["state_dict"].keys()

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from framework.pipeline import run_pipeline
 from framework.stops import RunInterrupted, TrainingDiverged
 from tests.conftest import ROOT_DIR, compose_config
+from tests.helpers import loss_rows
 
 TEST_PLUGIN = "plugins=[tests.framework.reliability_plugins]"
 
@@ -53,20 +54,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "artifact" / "adapter_model.safetensors")
 
 
-def _loss_rows(run_dir: Path) -> list[tuple[int, float]]:
-    rows = []
-    for path in run_dir.glob("logs/**/metrics.csv"):
-        with path.open() as f:
-            rows += [
-                (int(r["step"]), float(r["train/loss"]))
-                for r in csv.DictReader(f)
-                if r.get("train/loss")
-            ]
-    return sorted(rows)
-
-
 def _last_loss(run_dir: Path) -> tuple[int, float]:
-    return _loss_rows(run_dir)[-1]
+    return loss_rows(run_dir)[-1]
 
 
 def _note(run_dir: Path) -> dict:
@@ -191,8 +180,8 @@ def test_ctrl_c_saves_the_step_and_the_rerun_is_bit_identical(
         assert torch.equal(resumed[name], uninterrupted[name]), name
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C as usual again
     # the loss curve keeps the steps before the interruption, each once
-    assert _loss_rows(run_dir) == _loss_rows(reference)
-    assert [step for step, _ in _loss_rows(run_dir)] == list(range(6))
+    assert loss_rows(run_dir) == loss_rows(reference)
+    assert [step for step, _ in loss_rows(run_dir)] == list(range(6))
 
 
 # --------------------------------------------------------------------------- finished runs
