@@ -1,7 +1,12 @@
 """SmolLM2-135M LoRA training in fp32 on the CPU: achieved FLOP/s against the matmul peak of
 the same run, and tokens/s against the hand-written loop on SmolLM2 itself.
 
-Every run is a fresh process, alternating (plain, tunesmith, plain, ...); figures are medians.
+Every run is a fresh process, alternating (plain, tunesmith, compiled, plain, ...); figures
+are medians. ``tunesmith`` is today's default (the issue-16 baseline: eager PyTorch, logits
+only on answer tokens); ``compiled`` adds ``model.compile=true`` (``torch.compile`` of the
+decoder layers, opt-in): its ratio to ``tunesmith`` is the "x today's tokens/s" figure.
+Tokens/s are given twice: from the end of step 1 to the last step (what a short run gets),
+and over the second half of the steps ("late": steady state, compilation done).
 Both train SmolLM2-135M-Instruct (the converted checkpoint in the tunesmith cache) on the demo
 data's train split in tunesmith's order, LoRA r=8/alpha=16 on q_proj,v_proj, batch 8, padded
 to the longest of each batch (``data.packing=false``), AdamW lr 1e-4, fp32 (``32-true``).
@@ -205,8 +210,11 @@ def run(rounds: int, steps: int, threads: int | None, variants: dict[str, list[s
                     r = run_tunesmith(d / "r.json", d / "run", steps, variants[name])
                 results[name].append(r)
                 print(
-                    f"  round {i + 1}/{rounds} {name:10s} {r['tokens_per_s']:7.0f} tok/s  "
-                    f"loss@1 {r['first_loss']:.4f}",
+                    f"  round {i + 1}/{rounds} {name:10s} {r['tokens_per_s']:7.0f} tok/s "
+                    f"(late {r.get('late_tokens_per_s') or 0:7.0f})  "
+                    f"1st step at {r['time_to_first_step_s']:6.1f} s  "
+                    f"loss@1 {r['first_loss']:.6f} last {r['last_loss']:.6f}  "
+                    f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
     peaks.append(matmul_peak(threads))
@@ -216,14 +224,23 @@ def run(rounds: int, steps: int, threads: int | None, variants: dict[str, list[s
     for name, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         achieved = tps * per_token["flops_per_token"]
+        late = [r["late_tokens_per_s"] for r in runs if r.get("late_tokens_per_s")]
         summary[name] = {
             "tokens_per_s": tps,
+            "late_tokens_per_s": statistics.median(late) if late else None,
+            "tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in runs),
+            "time_to_first_step_s": statistics.median(r["time_to_first_step_s"] for r in runs),
             "first_loss": statistics.median(r["first_loss"] for r in runs),
+            "last_loss": statistics.median(r["last_loss"] for r in runs),
             "achieved_gflops": achieved / 1e9,
             "share_of_peak": achieved / peak,
+            "late_share_of_peak": (
+                statistics.median(late) * per_token["flops_per_token"] / peak if late else None
+            ),
         }
     return {
         "machine": cpu,
+        "load_average": os.getloadavg(),
         "threads": threads,
         "steps": steps,
         "rounds": rounds,
@@ -243,12 +260,23 @@ def print_report(r: dict) -> None:
         f"FLOPs/token = 4 x {f['n_mm'] / 1e6:.1f}M + 2 x {f['n_trainable'] / 1e6:.2f}M = "
         f"{f['flops_per_token'] / 1e6:.0f} MFLOP"
     )
-    plain = r["summary"]["plain"]["tokens_per_s"]
-    for name, s in r["summary"].items():
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in r['load_average'])}")
+    summary = r["summary"]
+    plain, today = summary["plain"], summary.get("tunesmith", summary["plain"])
+
+    def ratio(s: dict, base: dict, key: str) -> str:
+        return f"{s[key] / base[key]:.2f}x" if s.get(key) and base.get(key) else "-"
+
+    for name, s in summary.items():
+        late = s.get("late_tokens_per_s") or 0
         print(
-            f"{name:10s} {s['tokens_per_s']:8.0f} tok/s ({s['tokens_per_s'] / plain:.2f}x plain)  "
+            f"{name:10s} {s['tokens_per_s']:7.0f} tok/s ({ratio(s, plain, 'tokens_per_s')} "
+            f"plain, {ratio(s, today, 'tokens_per_s')} today)  late {late:7.0f} tok/s "
+            f"({ratio(s, plain, 'late_tokens_per_s')} plain, "
+            f"{ratio(s, today, 'late_tokens_per_s')} today)  "
             f"{s['achieved_gflops']:6.1f} GFLOP/s = {100 * s['share_of_peak']:.0f}% of the "
-            f"matmul peak  loss@1 {s['first_loss']:.4f}"
+            f"matmul peak (late {100 * (s.get('late_share_of_peak') or 0):.0f}%)  1st step at {s['time_to_first_step_s']:.1f} s  "
+            f"loss@1 {s['first_loss']:.6f}  last {s['last_loss']:.6f}"
         )
 
 
@@ -267,7 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         CHILD_ENV.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    variants: dict[str, list[str]] = {"tunesmith": []}
+    variants: dict[str, list[str]] = {"tunesmith": [], "compiled": ["model.compile=true"]}
     for item in args.extra:
         name, _, rest = item.partition("=")
         variants[name] = [o for o in rest.split(",") if o]
