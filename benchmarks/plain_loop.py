@@ -99,6 +99,7 @@ def main() -> None:
     tokens: list[int] = []
     t_first = t_last = c_first = c_last = 0.0
     step = 0
+    marks: list[float] = []  # wall time at the end of each step
     while step < args.steps:
         for batch in loader:
             loss = model(**batch).loss
@@ -108,6 +109,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens.append(int(batch["attention_mask"].sum()))
+            marks.append(time.time())
             if step == 1:
                 t_first, c_first = time.time(), time.process_time()
                 losses.append(float(loss))
@@ -130,6 +132,12 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "first_loss": losses[0],
         "last_loss": losses[-1],
+        # tokens/s over the second half of the steps (as benchmarks/probe.py records it)
+        "late_tokens_per_s": (
+            sum(tokens[len(tokens) // 2 : step]) / max(marks[-1] - marks[len(marks) // 2 - 1], 1e-9)
+            if step >= 4
+            else None
+        ),
     }
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

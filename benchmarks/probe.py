@@ -33,6 +33,7 @@ class BenchProbe(Callback):
         self.tokens: list[Any] = []
         self.t_first = self.t_last = self.c_first = self.c_last = 0.0
         self.first_loss: float | None = None
+        self.marks: list[tuple[float, int]] = []  # (wall time, batches) at each batch end
         self.last_loss: float | None = None
 
     def on_train_batch_end(
@@ -45,6 +46,7 @@ class BenchProbe(Callback):
             self.first_loss = float(outputs["loss"])
         self.t_last, self.c_last = time.time(), time.process_time()
         self.last_loss = outputs["loss"]
+        self.marks.append((self.t_last, len(self.tokens)))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         tokens = [int(t) for t in self.tokens]
@@ -62,6 +64,16 @@ class BenchProbe(Callback):
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "first_loss": self.first_loss,
             "last_loss": float(self.last_loss) if self.last_loss is not None else None,
+            "late_tokens_per_s": late_tokens_per_s(self.marks, tokens),
         }
         with open(self.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+
+
+def late_tokens_per_s(marks: list[tuple[float, int]], tokens: list[int]) -> float | None:
+    """Tokens/s over the second half of the batches: steady state once compilation (and any
+    recompilation for new shapes) is done; ``None`` with fewer than 4 batches."""
+    if len(marks) < 4:
+        return None
+    (t0, i0), (t1, i1) = marks[len(marks) // 2 - 1], marks[-1]
+    return sum(tokens[i0:i1]) / max(t1 - t0, 1e-9)

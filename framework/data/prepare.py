@@ -316,7 +316,7 @@ def fingerprint(run: Run, sources: list[Source]) -> str:
         ],
         "seed": int(cfg.seed),
         "objective": _objective_key(cfg),
-        "model": _plain(cfg.model),
+        "model": {k: v for k, v in _plain(cfg.model).items() if k != "compile"},
         "code": _code_digest(run),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -88,6 +88,7 @@ def setup_digest(
         h.update(json.dumps(list(fields)).encode())
     h.update(json.dumps(data, sort_keys=True, default=str).encode())
     model = OmegaConf.to_container(cfg.get("model") or {}, resolve=True)
+    model.pop("compile", None)  # how training runs, not what it reads
     h.update(json.dumps(model, sort_keys=True, default=str).encode())
     h.update(_tokenizer_digest(tokenizer).encode())
     h.update(_code_digest(plugins).encode())

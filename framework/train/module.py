@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -25,6 +26,8 @@ from framework.train.objective import (
     describe_objective,
     objective_options,
 )
+
+log = logging.getLogger(__name__)
 
 
 class FineTuneModule(pl.LightningModule):
@@ -64,6 +67,7 @@ class FineTuneModule(pl.LightningModule):
         self._tokens: torch.Tensor | int = 0  # non-pad training tokens seen by this process
         self._window: deque[tuple[float, Any]] = deque()  # (time, tokens) per train batch
         self.method_kind = method_kind(plugins, str(cfg.method.name))
+        self._compiled = 0  # blocks compiled by model.compile (see compile_blocks)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Leave the frozen base out of checkpoints of adapter and partial methods."""
@@ -103,6 +107,8 @@ class FineTuneModule(pl.LightningModule):
         # from_pretrained returns a model in eval mode and Lightning keeps the modes it finds:
         # dropout and gradient checkpointing need train mode.
         self.model.train()
+        if self.cfg.model.get("compile", False) and not self._compiled:
+            self._compiled = compile_blocks(self.model)
 
     def on_train_start(self) -> None:
         """Set each learning rate from its schedule at the step training starts at.
@@ -223,6 +229,33 @@ class FineTuneModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def compile_blocks(model: Any) -> int:
+    """``torch.compile`` the repeated blocks of ``model`` in place (``model.compile=true``).
+
+    Regional compilation: every module whose class the model lists in ``_no_split_modules``
+    (its decoder layer, a Hugging Face attribute) is compiled with ``dynamic=True``, so the
+    layers share one compiled graph and batches of other lengths (padding to the longest,
+    packing) reuse it instead of recompiling. A model that lists no such class has the
+    module the loss runs compiled whole. ``Module.compile`` leaves parameter names, and so
+    checkpoints and saved adapters, as they are. Returns how many modules were compiled.
+    """
+    from framework.train.losses import packing_target
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(inner, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        blocks = [packing_target(model)]
+    for block in blocks:
+        block.compile(dynamic=True)
+    log.info(
+        "model.compile: %d %s compiled with torch.compile (the first steps take longer)",
+        len(blocks),
+        type(blocks[0]).__name__,
+    )
+    return len(blocks)
 
 
 def validation_weight(batch: dict[str, Any]) -> int:
