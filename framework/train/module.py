@@ -110,6 +110,12 @@ class FineTuneModule(pl.LightningModule):
         if self.cfg.model.get("compile", False) and not self._compiled:
             self._compiled = compile_blocks(self.model)
 
+    def on_fit_end(self) -> None:
+        """Give the stages after training (evaluation's generation, export) the eager model:
+        compiled for training shapes, generation would compile again for every shape."""
+        if self._compiled:
+            self._compiled = 0 if uncompile_blocks(self.model) else self._compiled
+
     def on_train_start(self) -> None:
         """Set each learning rate from its schedule at the step training starts at.
 
@@ -256,6 +262,18 @@ def compile_blocks(model: Any) -> int:
         type(blocks[0]).__name__,
     )
     return len(blocks)
+
+
+def uncompile_blocks(model: Any) -> int:
+    """Undo :func:`compile_blocks`: the modules run eagerly again. ``Module.compile`` keeps
+    the compiled call beside the module's own and uses it while it is set; this unsets it.
+    Returns how many modules were compiled."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+            count += 1
+    return count
 
 
 def validation_weight(batch: dict[str, Any]) -> int:

@@ -41,7 +41,7 @@ def test_compiled_training_runs_from_the_cli_with_the_same_losses(
 
 
 def test_compile_blocks_compiles_each_decoder_layer_in_place(make_cfg) -> None:
-    from framework.train.module import compile_blocks
+    from framework.train.module import compile_blocks, uncompile_blocks
     from tests.helpers import new_run
 
     run = new_run(make_cfg(*TINY))
@@ -49,3 +49,7 @@ def test_compile_blocks_compiles_each_decoder_layer_in_place(make_cfg) -> None:
     names = sorted(k for k, _ in model.named_parameters())
     assert compile_blocks(model) == model.config.num_hidden_layers
     assert sorted(k for k, _ in model.named_parameters()) == names  # checkpoints unchanged
+    # after training, evaluation and export get the eager model back (FineTuneModule.on_fit_end)
+    assert uncompile_blocks(model) == model.config.num_hidden_layers
+    assert not any(getattr(m, "_compiled_call_impl", None) for m in model.modules())
+    assert uncompile_blocks(model) == 0
