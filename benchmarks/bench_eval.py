@@ -20,7 +20,9 @@ answer must be the same in both.
   split; its answers run to ``max_new_tokens``, so there is nothing to drop: this checks that
   the loop costs nothing there.
 
-Also printed: the CPU model and the flags that decide its speed, and the decoded row-steps
+Also printed: the CPU model and the flags that decide its speed, the process CPU time of
+each variant (with ``--threads 1`` a steadier measure of the work than wall time on a shared
+machine), and the decoded row-steps
 (one row of a batch through one decoding step) of each variant: what ``model.generate``
 spends on rows that had finished.
 
@@ -168,6 +170,7 @@ def run(
     generation.greedy_ids, generation.generate_ids = counted_loop, counted_generate
     generate(net, tokenizer, prompts[:2], ev, references=references)  # warm up
     times = {s: {v: [] for v in VARIANTS} for s in sides}
+    cpu_times = {s: {v: [] for v in VARIANTS} for s in sides}
     answers: dict[str, dict[str, list[str]]] = {s: {} for s in sides}
     try:
         for r in range(repeat):
@@ -176,15 +179,20 @@ def run(
             for side, context in sides.items():
                 with context():
                     for variant in order:
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         out = generate(
                             net, tokenizer, prompts, ev, references=references,
                             loop=VARIANTS[variant],
                         )  # fmt: skip
                         took = time.perf_counter() - t0
                         times[side][variant].append(took)
+                        cpu_times[side][variant].append(time.process_time() - c0)
                         answers[side].setdefault(variant, out)
-                        print(f"  {side:5s} {variant:8s} {took:7.2f} s", flush=True)
+                        print(
+                            f"  {side:5s} {variant:8s} {took:7.2f} s "
+                            f"(CPU {cpu_times[side][variant][-1]:.2f} s)",
+                            flush=True,
+                        )
     finally:
         generation.greedy_ids, generation.generate_ids = real_loop, real_generate
 
@@ -194,6 +202,8 @@ def run(
         per_side[side] = {
             "loop_s": statistics.median(times[side]["loop"]),
             "generate_s": statistics.median(times[side]["generate"]),
+            "loop_cpu_s": statistics.median(cpu_times[side]["loop"]),
+            "generate_cpu_s": statistics.median(cpu_times[side]["generate"]),
             "identical": sum(x == y for x, y in zip(a["loop"], a["generate"], strict=True)),
             "answer_tokens": sum(
                 len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in a["loop"]
@@ -201,6 +211,9 @@ def run(
         }
     loop_s = sum(s["loop_s"] for s in per_side.values())
     generate_s = sum(s["generate_s"] for s in per_side.values())
+    cpu_ratio = sum(s["loop_cpu_s"] for s in per_side.values()) / sum(
+        s["generate_cpu_s"] for s in per_side.values()
+    )
     identical = sum(s["identical"] for s in per_side.values())
     answers_n = len(prompts) * len(sides)
     ratio = loop_s / generate_s
@@ -217,10 +230,12 @@ def run(
         "loop_s": loop_s,
         "generate_s": generate_s,
         "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
         "row_steps": dict(steps),
         "identical": identical,
         "met": ratio <= TARGET and identical == answers_n,
         "times": times,
+        "cpu_times": cpu_times,
     }
 
 
@@ -235,7 +250,7 @@ def print_report(r: dict) -> None:
         f"{r['prompts']} test prompts x {len(r['sides'])} sides, greedy, batches of "
         f"{r['batch_size']}, max_new_tokens={r['max_new_tokens']}: loop {r['loop_s']:.1f} s, "
         f"model.generate {r['generate_s']:.1f} s -> {r['ratio']:.2f}x the time "
-        f"(target <= {TARGET}x); {sides}; decoded row-steps {r['row_steps']['loop']} vs "
+        f"(target <= {TARGET}x; {r['cpu_ratio']:.2f}x the CPU time); {sides}; decoded row-steps {r['row_steps']['loop']} vs "
         f"{r['row_steps']['generate']}; identical answers {r['identical']}/{r['answers']}  "
         f"{'met' if r['met'] else 'MISSED'}"
     )
