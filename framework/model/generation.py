@@ -368,6 +368,132 @@ def generate_ids(
     return out[:, prompt_length:]
 
 
+# --------------------------------------------------------------------------- greedy loop
+
+
+def _inner_model(model: Any) -> Any | None:
+    """The causal LM whose forward the greedy loop calls, or ``None`` when only
+    ``model.generate`` knows how to run it (an encoder-decoder, a PEFT prompt-learning
+    adapter that prepends virtual tokens, a model that cannot take a cache)."""
+    import inspect
+
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        config = model.peft_config.get(getattr(model, "active_adapter", None) or "default")
+        if config is None or getattr(config, "is_prompt_learning", False):
+            return None
+        model = model.get_base_model()
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "position_ids" not in params or not ({"cache", "past_key_values"} & set(params)):
+        return None
+    return model
+
+
+def greedy_loop_fits(model: Any, params: GenerationParams, criteria: Sequence[Any] = ()) -> bool:
+    """Whether :func:`greedy_ids` gives what ``model.generate`` gives for ``params``: greedy,
+    no repetition penalty or minimum length, no extra stopping criteria, a decoder-only
+    model whose forward takes a cache and position ids."""
+    return (
+        not params.sampling
+        and params.repetition_penalty in (None, 1, 1.0)
+        and not params.min_new_tokens
+        and not criteria
+        and _inner_model(model) is not None
+    )
+
+
+def greedy_ids(
+    model: Any,
+    encoded: Any,
+    eot_ids: Sequence[int],
+    max_new_tokens: int,
+    *,
+    tokenizer: Any = None,
+    stops: Sequence[str] = (),
+) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with a KV cache; each row leaves the batch as
+    soon as its answer has ended, so the rows still going no longer pay for it.
+
+    The model gets what ``model.generate`` gives it (position ids from the attention mask,
+    the 2-D mask growing by one column a step, the last position's logits only, as float32),
+    and the next token is the arg-max, so the tokens are those of greedy ``model.generate``.
+
+    Args:
+        model: a decoder-only causal LM (see :func:`greedy_loop_fits`).
+        encoded: the left-padded prompts (``input_ids``, ``attention_mask``) on its device.
+        eot_ids: the tokens that end an answer (kept as its last token).
+        max_new_tokens: the most new tokens of a row.
+        tokenizer: decodes the answers for ``stops``.
+        stops: strings that end an answer (as :class:`StopStrings` does for ``generate``).
+
+    Returns:
+        The new tokens of each row, up to and including the one that ended it.
+    """
+    import inspect
+
+    import torch
+
+    inner = _inner_model(model)
+    if inner is None:
+        raise ValueError("greedy_ids needs a decoder-only model that takes a cache")
+    names = inspect.signature(inner.forward).parameters
+    cache_key = "cache" if "cache" in names else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in names else {}
+    ends = torch.tensor(sorted({int(i) for i in eot_ids}), dtype=torch.long)
+    stops = [s for s in stops if s]
+    input_ids = encoded["input_ids"]
+    mask = encoded.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(input_ids)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    if bool((mask == 1).all()):  # no padding: no mask, as model.generate does
+        mask = None
+    rows = int(input_ids.shape[0])
+    out: list[list[int]] = [[] for _ in range(rows)]
+    alive = list(range(rows))  # original row of each row still in the batch
+    step_ids, cache = input_ids, None
+    with torch.inference_mode():
+        for _ in range(int(max_new_tokens)):
+            result = inner(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_key: cache},
+                **extra,
+            )
+            cache = result[cache_key]  # the output names it as the forward does
+            tokens = result.logits[:, -1].to(dtype=torch.float32).argmax(-1)
+            ended = torch.isin(tokens, ends.to(tokens.device)).tolist()
+            keep: list[int] = []
+            for k, (row, token) in enumerate(zip(alive, tokens.tolist(), strict=True)):
+                out[row].append(token)
+                done = ended[k] or len(out[row]) >= max_new_tokens
+                if not done and stops:
+                    text = decode_answer(tokenizer, out[row], eot_ids)
+                    done = first_stop(text, stops) is not None
+                if not done:
+                    keep.append(k)
+            if not keep:
+                break
+            last = positions[:, -1:] + 1
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=tokens.device)
+                cache.batch_select_indices(index)
+                tokens, last = tokens[index], last[index]
+                mask = None if mask is None else mask[index]
+                alive = [alive[k] for k in keep]
+            step_ids = tokens[:, None]
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            positions = last
+    return out
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -378,18 +504,36 @@ def generate_batch(
     params: GenerationParams,
     eot_ids: list[int],
     ids: list[list[int]] | None = None,
+    loop: bool = True,
 ) -> list[str]:
     """Generate one left-padded batch of rendered prompts; returns each prompt's answer.
 
-    ``ids``: the prompts' tokens when they were tokenized already (:func:`prompt_ids`).
+    Greedy settings go through :func:`greedy_ids` (rows leave the batch at their end of
+    turn) when the model allows it (:func:`greedy_loop_fits`), others through
+    ``model.generate`` (:func:`generate_ids`); greedy answers are the same either way.
+
+    Args:
+        ids: the prompts' tokens when they were tokenized already (:func:`prompt_ids`).
+        loop: ``False``: always ``model.generate`` (how evaluation generated before the loop;
+            the benchmark compares the two).
     """
     encoded = (
         encode_prompts(tokenizer, prompts, model.device)
         if ids is None
         else pad_prompts(tokenizer, ids, model.device)
     )
-    new = generate_ids(model, tokenizer, encoded, params, eot_ids)
-    return [answer_text(tokenizer, row, eot_ids, params.stop) for row in new.tolist()]
+    if loop and greedy_loop_fits(model, params):
+        rows = greedy_ids(
+            model,
+            encoded,
+            eot_ids,
+            params.max_new_tokens,
+            tokenizer=tokenizer,
+            stops=params.stop,
+        )
+    else:
+        rows = generate_ids(model, tokenizer, encoded, params, eot_ids).tolist()
+    return [answer_text(tokenizer, row, eot_ids, params.stop) for row in rows]
 
 
 def length_order(ids: Sequence[Sequence[int]]) -> list[int]:
@@ -405,13 +549,15 @@ def generate(
     ev: DictConfig,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     references: Sequence[str] | None = None,
+    loop: bool = True,
 ) -> list[str]:
     """Generate an answer for each rendered prompt, in batches; stop at end of turn.
 
     Greedy unless ``ev.do_sample``. Each prompt is tokenized once; batches are cut from the
     prompts sorted by their token count, longest first (little padding, and a batch that does
-    not fit in memory fails at once, not at the end). A batch stops as soon as every answer
-    in it has ended (end-of-turn token or stop string).
+    not fit in memory fails at once, not at the end). Greedy answers leave their batch as
+    soon as they end (end-of-turn token or stop string; :func:`greedy_ids`); a sampled batch
+    stops when every answer in it has ended.
 
     Args:
         model: a causal LM.
@@ -421,6 +567,8 @@ def generate(
         on_batch: called after each batch with the prompt indices and their answers.
         references: the expected answers; with ``ev.max_new_tokens`` null they size the
             answers (:func:`resolve_max_new_tokens`).
+        loop: ``False``: generate every batch with ``model.generate`` (see
+            :func:`generate_batch`).
 
     Returns:
         The answers, in the order of ``prompts``.
@@ -441,7 +589,13 @@ def generate(
             idx = order[start : start + batch_size]
             batch = params if params.seed is None else params.replace(seed=params.seed + start)
             texts = generate_batch(
-                model, tokenizer, [prompts[i] for i in idx], batch, eot_ids, [ids[i] for i in idx]
+                model,
+                tokenizer,
+                [prompts[i] for i in idx],
+                batch,
+                eot_ids,
+                [ids[i] for i in idx],
+                loop=loop,
             )
             for i, t in zip(idx, texts, strict=True):
                 outputs[i] = t

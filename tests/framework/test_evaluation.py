@@ -150,11 +150,11 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
     real = generation.generate_batch
     calls: list[list[str]] = []
 
-    def stop_after_first(model, tokenizer, prompts, *settings):
+    def stop_after_first(model, tokenizer, prompts, *settings, **options):
         if calls:
             raise KeyboardInterrupt("stopped by the user")
         calls.append(prompts)
-        return real(model, tokenizer, prompts, *settings)
+        return real(model, tokenizer, prompts, *settings, **options)
 
     monkeypatch.setattr(generation, "generate_batch", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
@@ -164,9 +164,9 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
 
     generated: list[str] = []
 
-    def counting(model, tokenizer, prompts, *settings):
+    def counting(model, tokenizer, prompts, *settings, **options):
         generated.extend(prompts)
-        return real(model, tokenizer, prompts, *settings)
+        return real(model, tokenizer, prompts, *settings, **options)
 
     monkeypatch.setattr(generation, "generate_batch", counting)
     metrics = run_pipeline(cfg)

@@ -97,17 +97,27 @@ def chain_model(tok: Any, chain: list[int]) -> Any:
     return model.eval()
 
 
-def recording(model: Any) -> list[list[int]]:
-    """Record the new tokens of every ``model.generate`` call (one prompt per call)."""
+def recording(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the new tokens of every ``model.generate`` call (chat, serve) and every greedy
+    loop (evaluation), one prompt per call."""
+    from framework.model import generation
+
     seen: list[list[int]] = []
     real = model.generate
+    real_loop = generation.greedy_ids
 
     def generate_and_record(**kwargs: Any) -> Any:
         out = real(**kwargs)
         seen.append(out[0, kwargs["input_ids"].shape[1] :].tolist())
         return out
 
+    def loop_and_record(*args: Any, **kwargs: Any) -> list[list[int]]:
+        rows = real_loop(*args, **kwargs)
+        seen.append(rows[0])
+        return rows
+
     model.generate = generate_and_record
+    monkeypatch.setattr(generation, "greedy_ids", loop_and_record)
     return seen
 
 
@@ -140,9 +150,11 @@ def chain(request: pytest.FixtureRequest) -> tuple[Any, Any, int]:
     return tok, chain_model(tok, ids), eot
 
 
-def test_evaluation_and_chat_give_the_same_answer_and_stop_at_the_same_token(chain) -> None:
+def test_evaluation_and_chat_give_the_same_answer_and_stop_at_the_same_token(
+    chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tok, model, eot = chain
-    seen = recording(model)
+    seen = recording(model, monkeypatch)
     answer = evaluated(model, tok, QUESTION)
     whole, streamed = chatted(model, tok, QUESTION)
     assert answer == whole.text == streamed == "Paris is big"
@@ -178,9 +190,11 @@ def test_end_of_turn_ids_unite_generation_config_eos_template_and_known_tokens()
 @pytest.mark.parametrize(
     "stop,expected", [(["is"], "Par"), (["s b", "big"], "Paris i"), (["big", "Paris"], "")]
 )
-def test_stop_strings_cut_evaluation_and_chat_the_same(chain, stop: list[str], expected) -> None:
+def test_stop_strings_cut_evaluation_and_chat_the_same(
+    chain, stop: list[str], expected, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tok, model, eot = chain
-    seen = recording(model)
+    seen = recording(model, monkeypatch)
     answer = evaluated(model, tok, QUESTION, stop=stop)
     whole, streamed = chatted(model, tok, QUESTION, stop=stop)
     assert answer == whole.text == streamed == expected
