@@ -91,6 +91,8 @@ def render(
     evals: dict,
     args: argparse.Namespace,
     demo: dict | None = None,
+    smollm2: dict | None = None,
+    profile: dict | None = None,
 ) -> str:
     w = train["workload"]
     lines = [
@@ -124,10 +126,21 @@ def render(
         lines.append(f"| {what} | {value} | {goal} | {'met' if met else '**missed**'} |")
     for e in evals:
         lines.append(
-            f"| evaluation's greedy loop vs `model.generate` ({e['model']}), time | "
-            f"{fmt(e['ratio'])}x, identical {e['identical']}/{e['answers']} | "
-            f"<= 0.5x, all identical | {'met' if e['met'] else '**missed**'} |"
+            f"| evaluation today vs when issue 16 was filed ({e['model']}), time | "
+            f"{fmt(e['issue_ratio'])}x; loop vs `model.generate` identical "
+            f"{e['identical']}/{e['answers']} | <= 0.5x, identical greedy answers | "
+            f"{'met' if e['met'] else '**missed**'} |"
         )
+    if smollm2:
+        today = smollm2["summary"]["tunesmith"]
+        for name, s_ in smollm2["summary"].items():
+            if name in ("plain", "tunesmith"):
+                continue
+            r = (s_.get("late_tokens_per_s") or 0) / max(today.get("late_tokens_per_s") or 1, 1e-9)
+            lines.append(
+                f"| SmolLM2 LoRA fp32 training, `{name}` vs today's default, tokens/s (after "
+                f"compilation) | {fmt(r)}x | >= 1.3x | {'met' if r >= 1.3 else '**missed**'} |"
+            )
     lines += [
         "",
         "## Training (issue 8 workload)",
@@ -183,6 +196,51 @@ def render(
         heaviest = ", ".join(f"{m} {ms:.0f} ms" for ms, m in r["top_imports_ms"][:3])
         runs = ", ".join(f"{t:.2f}" for t in r["times_s"])
         lines.append(f"| `python run.py {label}` | {fmt(r['median_s'])} s | {runs} | {heaviest} |")
+    if profile:
+        lines += [
+            "",
+            "## Where a cold run's time to the first step goes (`profile_first_step.py`)",
+            "",
+            f"One cold run (`{profile['variant']}` settings, `data.cache=false`) under "
+            f"`python -X importtime`: {fmt(profile['tunesmith_first_step_s'])} s to the first "
+            f"optimizer step; the plain loop {fmt(profile['plain_first_step_s'])} s.",
+            "",
+            "| starts at (s) | takes (s) | phase |",
+            "|---|---|---|",
+            *(
+                f"| {fmt(p['start_s'])} | {fmt(p['seconds'], 3)} | {p['phase']} |"
+                for p in profile["phases"]
+            ),
+            "",
+            "Imports the plain loop does not make (`-X importtime` self time): "
+            + ", ".join(f"{k} {fmt(v)} s" for k, v in profile["extra_imports_s"].items())
+            + ".",
+        ]
+    if smollm2:
+        sm = smollm2["summary"]
+        lines += [
+            "",
+            "## SmolLM2-135M LoRA training, fp32 (`bench_smollm2.py`)",
+            "",
+            f"{smollm2['rounds']} alternating rounds of {smollm2['steps']} steps; 2048² fp32 "
+            f"matmul peak {', '.join(fmt(p, 1) for p in smollm2['matmul_peak_gflops'])} GFLOP/s "
+            f"(before, after); {smollm2['flops']['flops_per_token'] / 1e6:.0f} MFLOP per token.",
+            "",
+            "| run | tokens/s | tokens/s, second half | vs plain | GFLOP/s | share of peak | "
+            "1st step at | loss at step 1 | last loss |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {name} | {fmt(x['tokens_per_s'], 0)} | {fmt(x.get('late_tokens_per_s') or 0, 0)}"
+                f" | {fmt(x['tokens_per_s'] / sm['plain']['tokens_per_s'])}x | "
+                f"{fmt(x['achieved_gflops'], 1)} | {100 * x['share_of_peak']:.0f}% | "
+                f"{fmt(x['time_to_first_step_s'], 1)} s | {x['first_loss']:.6f} | "
+                f"{x['last_loss']:.6f} |"
+                for name, x in sm.items()
+            ),
+            "",
+            "`tunesmith`: today's default (eager); `compiled`: `model.compile=true` "
+            "(torch.compile of the decoder layers; its first step includes compiling).",
+        ]
     lines += ["", "## Evaluation", ""]
     for e in evals:
         what = (
@@ -201,7 +259,11 @@ def render(
             f"batch) took {fmt(e['loop_s'])} s, `model.generate` over the same batches "
             f"{fmt(e['generate_s'])} s: **{fmt(e['ratio'])}x the time** ({sides}); decoded "
             f"row-steps {e['row_steps']['loop']:,} vs {e['row_steps']['generate']:,}; "
-            f"{e['identical']} of {e['answers']} answers identical.",
+            f"{e['identical']} of {e['answers']} answers identical. When issue 16 was filed "
+            f"(`model.generate`, batches of 16, `max_new_tokens=64`): {fmt(e['issue_s'])} s, "
+            f"so today takes **{fmt(e['issue_ratio'])}x** that time; {e['issue_prefix']} of "
+            f"{e['answers']} of today's answers are the issue-time answer or its start (cut "
+            "earlier by `max_new_tokens` sized from the references).",
         ]
     if demo:
         lines += [
@@ -239,6 +301,9 @@ def main() -> None:
     parser.add_argument(
         "--demo-json", type=Path, help="use these bench_demo.py --json figures instead of a run"
     )
+    parser.add_argument(
+        "--skip-smollm2", action="store_true", help="skip bench_smollm2.py (~10 minutes)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
@@ -262,12 +327,23 @@ def main() -> None:
             if args.threads:
                 eval_args += ["--threads", str(args.threads)]
             evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
+        profile = _bench("profile_first_step.py", ["--variant", "defaults"], tmp / "p.json")
+        smollm2 = None
+        if smollm2_cached() and not args.skip_smollm2:
+            smollm2 = _bench(
+                "bench_smollm2.py",
+                ["--rounds", "2", "--steps", "30"]
+                + (["--threads", str(args.threads)] if args.threads else []),
+                tmp / "m.json",
+            )
         demo = None
         if args.demo_json:
             demo = json.loads(args.demo_json.read_text(encoding="utf-8"))
         elif not args.skip_demo and smollm2_cached():
             demo = _bench("bench_demo.py", ["--steps", "10"], tmp / "d.json")
-    text = render(machine(), (before, load_average()), startup, train, evals, args, demo)
+    text = render(
+        machine(), (before, load_average()), startup, train, evals, args, demo, smollm2, profile
+    )
     args.out.write_text(text, encoding="utf-8")
     print(f"\nwrote {args.out}")
 

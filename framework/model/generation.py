@@ -563,7 +563,8 @@ def generate(
         model: a causal LM.
         tokenizer: its tokenizer (padding is switched to the left while generating).
         prompts: prompts already rendered with :func:`prompt_text`.
-        ev: the ``evaluator`` group (``batch_size``, ``max_new_tokens``, sampling keys, ``stop``).
+        ev: the ``evaluator`` group (``generation_batch_size``, else ``batch_size``;
+            ``max_new_tokens``, sampling keys, ``stop``).
         on_batch: called after each batch with the prompt indices and their answers.
         references: the expected answers; with ``ev.max_new_tokens`` null they size the
             answers (:func:`resolve_max_new_tokens`).
@@ -578,7 +579,7 @@ def generate(
     if references is not None:
         params = params.replace(max_new_tokens=resolve_max_new_tokens(ev, tokenizer, references))
     eot_ids = end_of_turn_ids(model, tokenizer)
-    batch_size = max(1, int(ev.get("batch_size", 16)))
+    batch_size = max(1, int(ev.get("generation_batch_size") or ev.get("batch_size", 16)))
     outputs: list[str | None] = [None] * len(prompts)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
