@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -70,7 +69,16 @@ def load_average() -> str:
         return "n/a"
 
 
+#: Where each benchmark's JSON is kept (``--reuse`` reads it instead of running it again,
+#: e.g. after RESULTS.md could not be written).
+FIGURES = HERE / ".cache" / "run_all"
+REUSE = False
+
+
 def _bench(script: str, args: list[str], out: Path) -> dict:
+    if REUSE and out.is_file():
+        print(f"(reusing {out})", flush=True)
+        return json.loads(out.read_text(encoding="utf-8"))
     cmd = [sys.executable, str(HERE / script), *args, "--json", str(out)]
     print(f"$ {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT)
@@ -304,43 +312,48 @@ def main() -> None:
     parser.add_argument(
         "--skip-smollm2", action="store_true", help="skip bench_smollm2.py (~10 minutes)"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help=f"use the figures a previous run left in {FIGURES.relative_to(ROOT)} when present",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
     before = load_average()
-    with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        startup = _bench(
-            "bench_startup.py", ["--repeat", "3" if args.quick else "5"], tmp / "s.json"
-        )
-        train_args = ["--rounds", str(rounds), "--variants", args.variants]
+    global REUSE
+    REUSE = args.reuse
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    tmp = FIGURES  # each benchmark's figures are kept here (see --reuse)
+    startup = _bench("bench_startup.py", ["--repeat", "3" if args.quick else "5"], tmp / "s.json")
+    train_args = ["--rounds", str(rounds), "--variants", args.variants]
+    if args.threads:
+        train_args += ["--threads", str(args.threads)]
+    train = _bench("bench_train.py", train_args, tmp / "t.json")
+    evals = []
+    for model in args.eval_models.split(","):
+        if model == "smollm2" and not smollm2_cached():
+            print("SmolLM2 is not converted yet (run the demo once): its eval is skipped")
+            continue
+        eval_args = ["--model", model, "--samples", str(args.eval_samples)]
+        eval_args += ["--repeat", "1" if args.quick else "2"]
         if args.threads:
-            train_args += ["--threads", str(args.threads)]
-        train = _bench("bench_train.py", train_args, tmp / "t.json")
-        evals = []
-        for model in args.eval_models.split(","):
-            if model == "smollm2" and not smollm2_cached():
-                print("SmolLM2 is not converted yet (run the demo once): its eval is skipped")
-                continue
-            eval_args = ["--model", model, "--samples", str(args.eval_samples)]
-            eval_args += ["--repeat", "1" if args.quick else "2"]
-            if args.threads:
-                eval_args += ["--threads", str(args.threads)]
-            evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
-        profile = _bench("profile_first_step.py", ["--variant", "defaults"], tmp / "p.json")
-        smollm2 = None
-        if smollm2_cached() and not args.skip_smollm2:
-            smollm2 = _bench(
-                "bench_smollm2.py",
-                ["--rounds", "2", "--steps", "30"]
-                + (["--threads", str(args.threads)] if args.threads else []),
-                tmp / "m.json",
-            )
-        demo = None
-        if args.demo_json:
-            demo = json.loads(args.demo_json.read_text(encoding="utf-8"))
-        elif not args.skip_demo and smollm2_cached():
-            demo = _bench("bench_demo.py", ["--steps", "10"], tmp / "d.json")
+            eval_args += ["--threads", str(args.threads)]
+        evals.append(_bench("bench_eval.py", eval_args, tmp / f"e-{model}.json"))
+    profile = _bench("profile_first_step.py", ["--variant", "defaults"], tmp / "p.json")
+    smollm2 = None
+    if smollm2_cached() and not args.skip_smollm2:
+        smollm2 = _bench(
+            "bench_smollm2.py",
+            ["--rounds", "2", "--steps", "30"]
+            + (["--threads", str(args.threads)] if args.threads else []),
+            tmp / "m.json",
+        )
+    demo = None
+    if args.demo_json:
+        demo = json.loads(args.demo_json.read_text(encoding="utf-8"))
+    elif not args.skip_demo and smollm2_cached():
+        demo = _bench("bench_demo.py", ["--steps", "10"], tmp / "d.json")
     text = render(
         machine(), (before, load_average()), startup, train, evals, args, demo, smollm2, profile
     )
