@@ -213,9 +213,10 @@ def run(
             "loop_s": statistics.median(times[side]["loop"]),
             "generate_s": statistics.median(times[side]["generate"]),
             "issue_s": statistics.median(times[side]["issue"]),
-            # an answer cut by today's max_new_tokens is the start of the 64-token one
+            # greedy: of two answers cut at different max_new_tokens, one starts the other
             "issue_prefix": sum(
-                y.startswith(x) for x, y in zip(a["loop"], a["issue"], strict=True)
+                y.startswith(x) or x.startswith(y)
+                for x, y in zip(a["loop"], a["issue"], strict=True)
             ),
             "loop_cpu_s": statistics.median(cpu_times[side]["loop"]),
             "generate_cpu_s": statistics.median(cpu_times[side]["generate"]),
@@ -277,7 +278,7 @@ def print_report(r: dict) -> None:
     print(
         f"against evaluation when issue 16 was filed (model.generate, batches of 16, "
         f"max_new_tokens=64): {r['issue_s']:.1f} s -> today {r['issue_ratio']:.2f}x the time "
-        f"(target <= {TARGET}x); today's answer is the issue-time answer or its start: "
+        f"(target <= {TARGET}x); the two answers are equal or one starts the other: "
         f"{r['issue_prefix']}/{r['answers']}  {'met' if r['met'] else 'MISSED'}"
     )
 
