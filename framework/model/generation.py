@@ -522,16 +522,22 @@ def generate_batch(
         if ids is None
         else pad_prompts(tokenizer, ids, model.device)
     )
+    rows = None
     if loop and greedy_loop_fits(model, params):
-        rows = greedy_ids(
-            model,
-            encoded,
-            eot_ids,
-            params.max_new_tokens,
-            tokenizer=tokenizer,
-            stops=params.stop,
-        )
-    else:
+        try:
+            rows = greedy_ids(
+                model,
+                encoded,
+                eot_ids,
+                params.max_new_tokens,
+                tokenizer=tokenizer,
+                stops=params.stop,
+            )
+        except (AttributeError, NotImplementedError, TypeError) as exc:
+            # a model whose cache cannot drop rows (a hybrid or custom cache): same answers
+            # through model.generate
+            log.warning("greedy loop not usable for this model (%s): using model.generate", exc)
+    if rows is None:
         rows = generate_ids(model, tokenizer, encoded, params, eot_ids).tolist()
     return [answer_text(tokenizer, row, eot_ids, params.stop) for row in rows]
 

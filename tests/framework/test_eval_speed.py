@@ -308,3 +308,21 @@ def test_an_adapter_model_takes_the_loop_with_the_adapter_on_and_off(
         assert base == generate(peft, tok, prompts, ev, loop=False)
     assert base == generate(model, tok, prompts, ev)
     assert tuned != base
+
+
+def test_a_cache_that_cannot_drop_rows_falls_back_to_model_generate(
+    ending: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose cache has no way to drop finished rows still gets its answers (the
+    same ones), through ``model.generate``, with a warning instead of a crash."""
+    from framework.model import generation
+
+    model, tok = ending
+    ev = OmegaConf.create({"max_new_tokens": 20, "do_sample": False, "batch_size": 3, "stop": []})
+    expected = generate(model, tok, _prompts(tok), ev)
+
+    def no_row_dropping(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("this cache cannot select rows")
+
+    monkeypatch.setattr(generation, "greedy_ids", no_row_dropping)
+    assert generate(model, tok, _prompts(tok), ev) == expected

@@ -144,7 +144,9 @@ def test_a_stopped_evaluation_keeps_its_answers_and_a_rerun_continues(
     trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = _copy(trained[0], tmp_path)
-    cfg = _cfg(run_dir, trained[1], "evaluator.generation_batch_size=2", "evaluator.metrics=[exact_match]")
+    cfg = _cfg(
+        run_dir, trained[1], "evaluator.generation_batch_size=2", "evaluator.metrics=[exact_match]"
+    )
     n_test = len(read_jsonl(run_dir / "data/test.jsonl"))
     assert n_test >= 4
     real = generation.generate_batch
