@@ -221,9 +221,10 @@ def test_tokenised_splits_are_cached_across_runs(make_cfg, tmp_path: Path) -> No
     class Counter:
         calls = 0
 
-        @hookimpl
+        @hookimpl(wrapper=True)  # wraps the hook: asked for every objective's examples
         def tunesmith_encode_example(self, name, example, tokenizer, cfg):
             Counter.calls += 1  # counts, then lets the sft plugin encode
+            return (yield)
 
     plugins = build_plugin_manager()
     plugins.pm.register(Counter(), name="counter")

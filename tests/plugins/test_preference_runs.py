@@ -67,13 +67,22 @@ SIGNALS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/ma
 @pytest.mark.parametrize("objective", ["dpo", "orpo", "simpo", "kto"])
 def test_each_objective_trains_evaluates_and_exports(tmp_path: Path, objective: str) -> None:
     data = (
-        ("data=kto", f"data.path={write_feedback(tmp_path / 'kto.jsonl')}")
+        # "1 + 2 = 4" (undesirable) and "2 + 2 = 4" (desirable) differ by one character:
+        # near-duplicates by text, but not for KTO; keep them all (both labels in val)
+        (
+            "data=kto",
+            f"data.path={write_feedback(tmp_path / 'kto.jsonl')}",
+            "data.clean.near_dedup=false",
+            "data.split.val=0.2",  # 8 examples each: both labels in val and in the 4 scored
+            "data.split.test=0.2",
+        )
         if objective == "kto"
         else ("data=pairs", f"data.path={write_pairs(tmp_path / 'pairs.jsonl')}")
     )
     proc = run_cli(
         *TINY, *data, f"objective={objective}", PREF_METRICS, "optim.lr=1e-2",
-        "trainer.val_check_interval=2", "evaluator.max_samples=4",
+        "trainer.val_check_interval=2",
+        f"evaluator.max_samples={8 if objective == 'kto' else 4}",  # kto: both labels scored
         "export.formats=[adapter,merged]",
         env={"TUNESMITH_OUTPUT": str(tmp_path / "out")},
     )  # fmt: skip

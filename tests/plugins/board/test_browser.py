@@ -216,7 +216,8 @@ def test_upload_launch_a_tiny_run_and_watch_it_finish(server, page, tmp_path: Pa
 def test_stop_and_resume_a_run(server, page, tmp_path: Path) -> None:
     url, base = server
     data = write_sums(base / "data" / "stop.jsonl")
-    _launch(page, url, str(data), max_steps="150", run_name="stoppable")
+    # long enough to still be training when Stop is pressed, however fast start-up gets
+    _launch(page, url, str(data), max_steps="600", run_name="stoppable")
     page.wait_for_function(
         "document.querySelector('#job-log').textContent.includes('stage: train')",
         timeout=120_000,
