@@ -125,7 +125,6 @@ def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
-
     return [
         Objective(
             NAME,
@@ -145,9 +144,7 @@ tunesmith_encode_example = pair_hooks.encode_pairs(NAME)
 tunesmith_collate = pair_hooks.collate_pairs(NAME)
 
 
-@hookimpl
-def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
-    return loss(model, batch, ctx) if name == NAME else None
+tunesmith_compute_loss = pair_hooks.compute_loss(NAME, loss)
 
 
 @hookimpl

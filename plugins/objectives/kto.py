@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from framework import Objective, hookimpl
-from plugins.objectives import pair_fields
+from plugins.objectives import pair_fields, pair_hooks
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +115,6 @@ def log_unpaired(
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
-
     return [
         Objective(
             NAME,
@@ -148,9 +147,7 @@ def tunesmith_collate(name: str, rows: list[dict], pad_token_id: int, cfg: Any) 
     return pref.collate_unpaired(rows, pad_token_id, int(cfg.data.max_length))
 
 
-@hookimpl
-def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
-    return loss(model, batch, ctx) if name == NAME else None
+tunesmith_compute_loss = pair_hooks.compute_loss(NAME, loss)
 
 
 @hookimpl

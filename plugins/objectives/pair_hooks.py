@@ -1,4 +1,4 @@
-"""Hook implementations the pairwise objectives (dpo, orpo, simpo) share, made for one name.
+"""Hook implementations the preference objectives share, made for one name.
 
 Each pairwise objective encodes a pair the same way, batches chosen and rejected together,
 and (the reference-free ones) scores a sequence by its length-normalised log-probability. A
@@ -41,6 +41,16 @@ def collate_pairs(objective: str) -> Callable[..., dict | None]:
         return pref.collate_pairs(rows, pad_token_id) if name == objective else None
 
     return collate
+
+
+def compute_loss(objective: str, loss: Callable[[Any, dict, Any], Any]) -> Callable[..., Any]:
+    """``tunesmith_compute_loss`` for ``objective``: ``loss(model, batch, ctx)``."""
+
+    @hookimpl(specname="tunesmith_compute_loss")
+    def compute(name: str, model: Any, batch: dict, ctx: Any) -> Any:
+        return loss(model, batch, ctx) if name == objective else None
+
+    return compute
 
 
 def length_normalised_reward(objective: str) -> Callable[..., Any]:

@@ -60,7 +60,6 @@ def loss(model: Any, batch: dict[str, torch.Tensor], ctx: Any) -> torch.Tensor:
 
 @hookimpl
 def tunesmith_provides() -> list[Objective]:
-
     return [
         Objective(
             NAME,
@@ -78,9 +77,7 @@ tunesmith_encode_example = pair_hooks.encode_pairs(NAME)
 tunesmith_collate = pair_hooks.collate_pairs(NAME)
 
 
-@hookimpl
-def tunesmith_compute_loss(name: str, model: Any, batch: dict, ctx: Any) -> Any:
-    return loss(model, batch, ctx) if name == NAME else None
+tunesmith_compute_loss = pair_hooks.compute_loss(NAME, loss)
 
 
 tunesmith_sequence_reward = pair_hooks.length_normalised_reward(NAME)
